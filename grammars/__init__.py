@@ -1,0 +1,1 @@
+"""pyparsing grammars for PKCS#11 trace dialects (one module per dialect family)."""

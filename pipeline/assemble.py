@@ -1,0 +1,292 @@
+"""Turn the grammar's token stream into call records, accounting for every line.
+
+Clean records (the grammar's fast path) become a `CallRecord` at once.  Everything else
+arrives line by line and goes through a small state machine that follows the spy's own
+rules (format notes §6-§8):
+
+* a header opens a record; it stays *open* until a ``Returned:`` unit closes it;
+* a timestamp unit belongs to the newest open record that has none yet;
+* a ``Returned:`` unit closes the newest open record that has a timestamp (a call cannot
+  return before it was stamped), else the newest open one;
+* other spy units belong to the newest open record; foreign lines are unparsed;
+* an open record is given up (``complete = False``) when its thread starts another call
+  (same ``P:``/``T:``), when more than 256 records are open, or at the end of the input.
+  (Another process's chunks may arrive hundreds of records later, §7, so age alone is no
+  reason to give up.)
+
+A record that overlapped another *active* record of the same process (or of an unknown
+one) is marked ``uncertain``: which of them a detached line belongs to is a guess.  An open
+record that received nothing during the last 32 calls no longer counts as active, so one
+truncated record does not taint the rest of a log.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from grammars import spy
+from pipeline.records import CallRecord, mechanism_name, user_type_name
+
+ACTIVE_HEADERS = 32
+MAX_OPEN = 256
+
+
+@dataclass
+class Coverage:
+    """Where every input line went; the parts add up to ``lines``."""
+
+    lines: int = 0
+    record_lines: int = 0
+    banner_lines: int = 0
+    blank_lines: int = 0
+    unparsed_lines: int = 0
+    unparsed_spans: list[list[int]] = field(default_factory=list)  # [first, last] line numbers, 1-based
+
+    MAX_SPANS = 100_000
+
+    def add_unparsed(self, line: int) -> None:
+        self.unparsed_lines += 1
+        spans = self.unparsed_spans
+        if spans and spans[-1][1] == line - 1:
+            spans[-1][1] = line
+        elif len(spans) < self.MAX_SPANS:
+            spans.append([line, line])
+
+
+@dataclass
+class Counts:
+    records: int = 0
+    complete: int = 0
+    incomplete: int = 0
+    uncertain: int = 0
+    banners: int = 0
+    load_errors: int = 0
+
+
+@dataclass(eq=False)
+class _Open:
+    """A record being assembled on the slow path."""
+
+    seq: int
+    func: str
+    line: int
+    process: int
+    active_at: int  # header count when it last received a unit
+    pid: int | None = None
+    tid: int | None = None
+    ts: str | None = None
+    body: list[str] = field(default_factory=lambda: [""])
+    end_line: int = 0
+    rv: int | None = None
+    rv_name: str | None = None
+    overlaps: list[_Open] = field(default_factory=list)  # records open at the same time
+
+
+def _same_process(record: _Open, pid: int | None) -> bool:
+    return record.pid is None or pid is None or record.pid == pid
+
+
+class Assembler:
+    """Per-source state: banners and processes, open records, counts and coverage."""
+
+    def __init__(self, source: str, emit: Callable[[CallRecord], None]) -> None:
+        self.source = source
+        self.emit = emit
+        self.coverage = Coverage()
+        self.counts = Counts()
+        self.dialects: set[str] = set()
+        self._process = 0
+        self._processes_used: set[int] = set()
+        self._pid_process: dict[int, int] = {}
+        self._open: list[_Open] = []
+        self._held: list[_Open] = []  # closed, but a call they overlapped may still claim their Returned
+        self._headers = 0
+
+    # --- feeding ---
+
+    def feed(self, text: str) -> None:
+        """Consume one block of text that starts at a line start and ends after a newline."""
+        self.dialects |= spy.dialect_hints(text)
+        line = self.coverage.lines
+        for match, start, end in spy.scan(text):
+            nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
+            if match.re is spy.RECORD_RE and self._fast_record(match, line):
+                self.coverage.blank_lines += 1  # the separator line in front of the header
+                self.coverage.record_lines += nlines - 1
+            else:
+                for offset, one in enumerate(text[start:end].split("\n")[:nlines]):
+                    self._slow_line(one, line + 1 + offset)
+            line += nlines
+        self.coverage.lines = line
+
+    def finish(self) -> None:
+        """End of input: records still open are incomplete."""
+        for record in list(self._open):
+            self._close(record)
+
+    # --- the fast path ---
+
+    def _fast_record(self, m: re.Match[str], line: int) -> bool:
+        """Emit a clean record that overlaps no active call of its process; False: use the slow path."""
+        if not spy.is_clean_body(m.group(6)):
+            return False
+        pid = int(m.group(3)) if m.group(3) else None
+        if self._open and any(_same_process(other, pid) for other in self._active()):
+            return False
+        self._headers += 1
+        tid = int(m.group(4)) if m.group(4) else None
+        func = m.group(2)
+        header_line = line + 2
+        end_line = header_line + m.group(0).count("\n", 1) - m.group(0).endswith("\n")
+        self._emit(
+            int(m.group(1)), func, header_line, self._process_of(pid), pid, tid, m.group(5),
+            int(m.group(7)), m.group(8), spy.call_fields(func, m.group(6)), end_line, False,
+        )
+        return True
+
+    # --- the slow path ---
+
+    def _slow_line(self, text: str, line: int) -> None:
+        units = spy.split_units(text) if text else [text]
+        used = False
+        for unit in units:
+            kind, match = spy.classify(unit)
+            if kind == "blank":
+                self.coverage.blank_lines += 1
+                return
+            if kind in ("banner", "load-result"):
+                self._banner(kind, match)
+                self.coverage.banner_lines += 1
+                return
+            used |= self._unit(kind, match, unit, line)
+        if used:
+            self.coverage.record_lines += 1
+        else:
+            self.coverage.add_unparsed(line)
+
+    def _banner(self, kind: str, match: re.Match[str]) -> None:
+        if kind == "banner":
+            if self.counts.banners or self.counts.records or self._open:
+                self._process += 1
+            self.counts.banners += 1
+        elif match.group(0).startswith("Error:"):
+            self.counts.load_errors += 1
+
+    def _unit(self, kind: str, match: re.Match[str] | None, unit: str, line: int) -> bool:
+        """Attach one unit to a record; False when it belongs to none (it is unparsed)."""
+        if kind == "header":
+            self._open_record(int(match.group(1)), match.group(2), line)
+            return True
+        if kind == "foreign" or not self._open:
+            return False
+        if kind == "timestamp":
+            record = next((r for r in reversed(self._open) if r.ts is None), None)
+            if record is None:
+                return False
+            record.ts = match.group(3)
+            if match.group(1):
+                record.pid, record.tid = int(match.group(1)), int(match.group(2))
+                record.process = self._process_of(record.pid)
+                self._thread_moved_on(record)
+        elif kind == "returned":
+            record = next((r for r in reversed(self._open) if r.ts is not None), self._open[-1])
+            record.rv, record.rv_name = int(match.group(1)), match.group(2)
+            record.end_line = line
+            self._close(record)
+            return True
+        else:
+            record = self._open[-1]
+            record.body.append(unit)
+        record.active_at = self._headers
+        record.end_line = line
+        return True
+
+    def _open_record(self, seq: int, func: str, line: int) -> None:
+        self._headers += 1
+        record = _Open(seq, func, line, self._process, self._headers, end_line=line)
+        for other in self._active():
+            other.overlaps.append(record)
+            record.overlaps.append(other)
+        self._open.append(record)
+        if len(self._open) > MAX_OPEN:
+            self._close(self._open[0])
+
+    def _active(self) -> list[_Open]:
+        return [r for r in self._open if self._headers - r.active_at <= ACTIVE_HEADERS]
+
+    def _thread_moved_on(self, current: _Open) -> None:
+        """A thread makes one call at a time: when it starts another, its previous call returned.
+
+        If that call is still open, its ``Returned:`` was given to an overlapping call of
+        another thread; take it back, and let that call wait for the next one.
+        """
+        for record in [r for r in self._open if r is not current and r.pid == current.pid and r.tid == current.tid]:
+            taker = next(
+                (h for h in reversed(self._held) if h.rv is not None and h in record.overlaps and h.tid != record.tid),
+                None,
+            )
+            if taker is None:
+                self._close(record)
+                continue
+            record.rv, record.rv_name, record.end_line = taker.rv, taker.rv_name, taker.end_line
+            taker.rv = taker.rv_name = None
+            self._held.remove(taker)
+            self._open.insert(self._open.index(record), taker)
+            self._close(record)
+
+    def _close(self, record: _Open) -> None:
+        """Close a record; it is emitted once no call it overlapped is still open."""
+        self._open.remove(record)
+        self._held.append(record)
+        for held in list(self._held):
+            if not any(other in self._open for other in held.overlaps):
+                self._held.remove(held)
+                self._emit_open(held)
+
+    def _emit_open(self, record: _Open) -> None:
+        body = "\n".join(record.body) + "\n"
+        uncertain = any(_same_process(record, other.pid) for other in record.overlaps)
+        self._emit(
+            record.seq, record.func, record.line, record.process, record.pid, record.tid, record.ts,
+            record.rv, record.rv_name, spy.call_fields(record.func, body), record.end_line, uncertain,
+        )
+
+    # --- shared ---
+
+    def _process_of(self, pid: int | None) -> int:
+        """Banner index for a call: a pid keeps the banner it was first seen under.
+
+        A process's banner reaches the file in the same flush as its first record (§2.3),
+        so the newest banner is the right one for a pid seen for the first time.
+        """
+        if pid is None:
+            return self._process
+        return self._pid_process.setdefault(pid, self._process)
+
+    def _emit(self, seq, func, line, process, pid, tid, ts, rv, rv_name, fields, end_line, uncertain) -> None:
+        complete = rv is not None
+        counts = self.counts
+        counts.records += 1
+        if complete:
+            counts.complete += 1
+        else:
+            counts.incomplete += 1
+        if uncertain:
+            counts.uncertain += 1
+        self._processes_used.add(process)
+        self.emit(
+            CallRecord(
+                self.source, process, pid, tid, seq, line, ts, func, rv, rv_name, complete,
+                fields.slot, fields.session, fields.object,
+                mechanism_name(fields.mechanism) if fields.mechanism else None,
+                user_type_name(fields.user_type) if fields.user_type else None,
+                fields.in_len, fields.out_len, fields.attributes, fields.created,
+                end_line, uncertain, fields.secrets,
+            )
+        )
+
+    @property
+    def processes(self) -> int:
+        return max(len(self._processes_used), self.counts.banners)

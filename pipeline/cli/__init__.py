@@ -1,0 +1,62 @@
+"""The `p11lens` command: a thin argparse shell over the library.
+
+Each subcommand lives in its own module of this package with two functions,
+``add_parser(subparsers)`` and ``run(args) -> int``; this module only wires them up,
+configures logging and turns `P11lensError` into one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from pipeline import __version__
+from pipeline.errors import EXIT_USAGE, P11lensError
+
+COMMANDS = ("parse",)
+
+log = logging.getLogger("p11lens")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="p11lens",
+        description=(
+            "Turn OpenSC pkcs11-spy logs into typed call records (Parquet), statistics and reports. "
+            "Exit codes: 0 ok, 1 problems found that you asked to fail on, 2 usage or input error."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"p11lens {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output on stderr (-vv: debug)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        importlib.import_module(f"pipeline.cli.{name}").add_parser(sub)
+    return parser
+
+
+def configure_logging(verbose: int, quiet: bool) -> None:
+    level = logging.ERROR if quiet else (logging.INFO if verbose == 1 else logging.DEBUG if verbose > 1 else logging.WARNING)
+    logging.basicConfig(level=level, format="p11lens: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose, args.quiet)
+    try:
+        return args.run(args)
+    except P11lensError as exc:
+        print(f"p11lens: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("p11lens: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

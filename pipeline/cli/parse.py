@@ -1,0 +1,53 @@
+"""``p11lens parse LOG... -o OUT``: spy logs → ``OUT/calls.parquet`` + ``OUT/manifest.json``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipeline.cli.progress import byte_progress
+from pipeline.parse import input_size, parse_logs
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "parse",
+        help="parse spy logs into calls.parquet",
+        description=(
+            "Parse OpenSC pkcs11-spy logs (any version 0.20-0.27; several processes, threads, "
+            "truncated files and stderr noise included) into OUT/calls.parquet, one row per PKCS#11 "
+            "call, and OUT/manifest.json, which accounts for every input line. PINs and data "
+            "buffers are never stored, only their lengths. Use - to read a log from stdin."
+        ),
+    )
+    add_input_options(p)
+    p.set_defaults(run=run)
+
+
+def add_input_options(p: argparse.ArgumentParser) -> None:
+    """The inputs and output folder shared by ``parse`` and ``run``."""
+    p.add_argument("logs", nargs="+", metavar="LOG", help="spy log file(s), or - for stdin")
+    p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder (created if missing)")
+
+
+def parse_with_progress(args: argparse.Namespace) -> dict:
+    sizes = [input_size(path) for path in args.logs]
+    total = None if None in sizes else sum(sizes)
+    with byte_progress(total, "parse") as advance:
+        return parse_logs(args.logs, args.output, advance)
+
+
+def run(args: argparse.Namespace) -> int:
+    manifest = parse_with_progress(args)
+    print(summary_line(manifest, args.output), file=sys.stdout)
+    return 0
+
+
+def summary_line(manifest: dict, out: Path) -> str:
+    counts, coverage = manifest["counts"], manifest["coverage"]
+    return (
+        f"{counts['records']} records ({counts['incomplete']} incomplete, {counts['uncertain']} uncertain) "
+        f"from {len(manifest['inputs'])} log(s), {coverage['unparsed_lines']} of {coverage['lines']} lines unparsed "
+        f"→ {out / 'calls.parquet'}"
+    )

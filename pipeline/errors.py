@@ -1,0 +1,21 @@
+"""Errors the CLI turns into one line on stderr and an exit code cron can trust."""
+
+from __future__ import annotations
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1  # the input was read, but something the user asked to fail on was found
+EXIT_USAGE = 2  # bad options, unreadable or non-spy input, unwritable output
+
+
+class P11lensError(Exception):
+    """A problem the user can fix; its message is the whole story (no traceback)."""
+
+    exit_code = EXIT_USAGE
+
+
+class InputError(P11lensError):
+    """An input that cannot be read or is not a pkcs11-spy log."""
+
+
+class OutputError(P11lensError):
+    """An output location that cannot be written."""

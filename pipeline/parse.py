@@ -1,0 +1,145 @@
+"""Parse spy logs into ``OUT/calls.parquet`` and ``OUT/manifest.json`` (the library side of
+``p11lens parse``).
+
+The manifest is the account of the run: for every input its size and SHA-256, the dialects
+seen, record counts and line coverage (``lines == record_lines + banner_lines + blank_lines +
+unparsed_lines``, with every unparsed span's line range).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+from pipeline import __version__
+from pipeline.assemble import Assembler
+from pipeline.errors import InputError
+from pipeline.store import CallsWriter, atomic_path, ensure_dir, write_json
+from pipeline.stream import iter_blocks
+
+log = logging.getLogger(__name__)
+
+STDIN = "-"
+CALLS_FILE = "calls.parquet"
+MANIFEST_FILE = "manifest.json"
+
+
+@dataclass
+class InputReport:
+    path: str
+    size: int
+    sha256: str
+    dialects: list[str]
+    counts: dict
+    processes: int
+    coverage: dict
+
+
+def check_inputs(paths: list[str]) -> None:
+    """Fail early, in one line, on an input that cannot be opened."""
+    if not paths:
+        raise InputError("no input log given")
+    for path in paths:
+        if path == STDIN:
+            continue
+        if os.path.isdir(path):
+            raise InputError(f"{path} is a directory, not a spy log")
+        if not os.path.exists(path):
+            raise InputError(f"{path}: no such file")
+        if not os.access(path, os.R_OK):
+            raise InputError(f"{path}: permission denied")
+
+
+@contextmanager
+def _open_input(path: str) -> Iterator[BinaryIO]:
+    if path == STDIN:
+        yield sys.stdin.buffer
+        return
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise InputError(f"{path}: {exc.strerror}") from None
+    with fh:
+        yield fh
+
+
+def input_size(path: str) -> int | None:
+    return None if path == STDIN else os.path.getsize(path)
+
+
+def parse_source(path: str, writer: CallsWriter, on_bytes: Callable[[int], None] | None = None) -> InputReport:
+    """Stream one log through the grammar into the writer's batches."""
+    digest = hashlib.sha256()
+    size = 0
+
+    def count(n: int) -> None:
+        nonlocal size
+        size += n
+        if on_bytes is not None:
+            on_bytes(n)
+
+    assembler = Assembler(path, writer.rows.append)
+    with _open_input(path) as stream:
+        for block in iter_blocks(stream, digest, count):
+            assembler.feed(block)
+            writer.flush_if_full()
+    assembler.finish()
+    if size and assembler.counts.records == 0 and assembler.counts.banners == 0:
+        raise InputError(f"{path} is not a pkcs11-spy log (no spy banner and no call record in {size} bytes)")
+    coverage = assembler.coverage
+    log.info(
+        "%s: %d records (%d incomplete), %d of %d lines unparsed",
+        path, assembler.counts.records, assembler.counts.incomplete, coverage.unparsed_lines, coverage.lines,
+    )
+    return InputReport(
+        path=path,
+        size=size,
+        sha256=digest.hexdigest(),
+        dialects=sorted(assembler.dialects),
+        counts=dataclasses.asdict(assembler.counts),
+        processes=assembler.processes,
+        coverage=dataclasses.asdict(coverage),
+    )
+
+
+def parse_logs(paths: list[str], out_dir: Path, on_bytes: Callable[[int], None] | None = None) -> dict:
+    """Parse every input into one ``calls.parquet`` (rows tagged by ``source``); return the manifest."""
+    check_inputs(paths)
+    ensure_dir(out_dir)
+    started = datetime.now(timezone.utc)
+    with atomic_path(out_dir / CALLS_FILE) as tmp:
+        writer = CallsWriter(tmp)
+        try:
+            reports = [parse_source(path, writer, on_bytes) for path in paths]
+        finally:
+            writer.close()
+    manifest = {
+        "tool": "p11lens",
+        "version": __version__,
+        "created": started.isoformat(timespec="seconds"),
+        "inputs": [dataclasses.asdict(r) for r in reports],
+        "dialects": sorted({d for r in reports for d in r.dialects}),
+        "counts": _total(r.counts for r in reports),
+        "processes": sum(r.processes for r in reports),
+        "coverage": _total({k: v for k, v in r.coverage.items() if k != "unparsed_spans"} for r in reports),
+        "outputs": {"calls": CALLS_FILE},
+    }
+    write_json(out_dir / MANIFEST_FILE, manifest)
+    return manifest
+
+
+def _total(parts) -> dict:
+    total: dict[str, int] = {}
+    for part in parts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total

@@ -1,0 +1,105 @@
+"""The typed records that cross p11lens's boundaries.
+
+`CallRecord` is what the grammar hands to the stream (one per PKCS#11 call found in the
+log); `CALLS_SCHEMA` is how those records look in ``calls.parquet``.  Both follow the
+record table of ``design.md``; the extra columns (``end_line``, ``uncertain``, ``secrets``)
+are additions the design allows ("add columns freely, rename none").
+
+Numbers and names: the spy prints names, and we keep what it printed (stripped of its
+padding).  Where it printed a bare number instead (unknown mechanism or user type, e.g.
+``0x00000252``), python-pkcs11's enums give the name, so there is no hand-written table.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import pyarrow as pa
+from pkcs11.constants import UserType
+from pkcs11.mechanisms import Mechanism
+
+
+class CallRecord(NamedTuple):
+    """One PKCS#11 call as the spy logged it (secrets reduced to lengths and names)."""
+
+    source: str
+    process: int
+    pid: int | None
+    tid: int | None
+    seq: int
+    line: int
+    ts: str | None  # "YYYY-MM-DD HH:MM:SS.mmm"; converted to datetime once per batch
+    func: str
+    rv: int | None
+    rv_name: str | None
+    complete: bool
+    slot: int | None
+    session: int | None
+    object: int | None
+    mechanism: str | None
+    user_type: str | None
+    in_len: int | None
+    out_len: int | None
+    attributes: list[str] | None
+    created: list[int] | None
+    end_line: int
+    uncertain: bool
+    secrets: list[str] | None
+
+
+CALLS_SCHEMA = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("process", pa.int32(), nullable=False),
+        pa.field("pid", pa.int64()),
+        pa.field("tid", pa.int64()),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("line", pa.int64(), nullable=False),
+        pa.field("ts", pa.timestamp("ms")),
+        pa.field("func", pa.string(), nullable=False),
+        pa.field("rv", pa.int64()),
+        pa.field("rv_name", pa.string()),
+        pa.field("complete", pa.bool_(), nullable=False),
+        pa.field("slot", pa.int64()),
+        pa.field("session", pa.int64()),
+        pa.field("object", pa.int64()),
+        pa.field("mechanism", pa.string()),
+        pa.field("user_type", pa.string()),
+        pa.field("in_len", pa.int64()),
+        pa.field("out_len", pa.int64()),
+        pa.field("attributes", pa.list_(pa.string())),
+        pa.field("created", pa.list_(pa.int64())),
+        pa.field("end_line", pa.int64(), nullable=False),
+        pa.field("uncertain", pa.bool_(), nullable=False),
+        pa.field("secrets", pa.list_(pa.string())),
+    ],
+    metadata={
+        b"p11lens.table": b"calls",
+        b"p11lens.ts": b"call entry time as printed by the spy: local time of the traced host, no zone, 1 ms",
+    },
+)
+
+assert CALLS_SCHEMA.names == list(CallRecord._fields)
+
+
+def mechanism_name(text: str) -> str:
+    """The mechanism as the spy named it; a bare ``0x...`` number gets python-pkcs11's name."""
+    if text.startswith("0x"):
+        return _enum_name(Mechanism, "CKM_", int(text, 16), text)
+    if text.startswith("Unknown Mechanism ("):  # 0.22 C_GetMechanismInfo: "Unknown Mechanism (80001234)"
+        return _enum_name(Mechanism, "CKM_", int(text[19:-1], 16), "0x" + text[19:-1].upper())
+    return text
+
+
+def user_type_name(text: str) -> str:
+    """The user type as printed; ``0x00000063``-style numbers (0.23+) get python-pkcs11's name."""
+    if text.startswith("0x"):
+        return _enum_name(UserType, "CKU_", int(text, 16), text)
+    return text
+
+
+def _enum_name(enum: type, prefix: str, value: int, fallback: str) -> str:
+    try:
+        return prefix + enum(value).name
+    except ValueError:
+        return fallback

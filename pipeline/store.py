@@ -1,0 +1,100 @@
+"""Parquet and JSON output, always atomic.
+
+Every file is written under a temporary name in its final folder, flushed to disk, then
+renamed over the final name: a run that is interrupted leaves the previous file (or none),
+never a half-written one.  Readers (DuckDB, Polars, Spark) only ever see whole files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.errors import OutputError
+from pipeline.records import CALLS_SCHEMA, CallRecord
+
+COMPRESSION = "zstd"
+TS_FORMAT = "%Y-%m-%d %H:%M:%S%.3f"
+
+
+def ensure_dir(path: Path) -> Path:
+    """Create an output folder, or say in one line why it cannot be used."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create output folder {path}: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise OutputError(f"output folder {path} is not writable")
+    return path
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path) -> Iterator[Path]:
+    """A temporary path beside ``final`` that replaces it only if the block succeeds."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, final)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+def write_json(path: Path, payload: object) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+
+
+def records_frame(rows: list[CallRecord]) -> pl.DataFrame:
+    """A batch of call records as a Polars frame with the ``calls`` schema."""
+    columns = list(zip(*rows)) if rows else [[] for _ in CALLS_SCHEMA]
+    arrays = [
+        pa.array(column, type=pa.string() if name == "ts" else field.type)
+        for column, name, field in zip(columns, CALLS_SCHEMA.names, CALLS_SCHEMA)
+    ]
+    frame = pl.from_arrow(pa.Table.from_arrays(arrays, names=CALLS_SCHEMA.names))
+    return frame.with_columns(pl.col("ts").str.to_datetime(TS_FORMAT, time_unit="ms", strict=False))
+
+
+class CallsWriter:
+    """Collects call records and appends them to ``calls.parquet`` in bounded batches."""
+
+    def __init__(self, tmp_path: Path, batch_rows: int = 32_768) -> None:
+        self.rows: list[CallRecord] = []
+        self.batch_rows = batch_rows
+        self.written = 0
+        self._writer = pq.ParquetWriter(tmp_path, CALLS_SCHEMA, compression=COMPRESSION)
+
+    def flush_if_full(self) -> None:
+        if len(self.rows) >= self.batch_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        table = records_frame(self.rows).to_arrow().cast(CALLS_SCHEMA)
+        self._writer.write_table(table)
+        self.written += len(self.rows)
+        self.rows = []
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+
+def write_frame(frame: pl.LazyFrame | pl.DataFrame, path: Path) -> int:
+    """Write one stage's output atomically; returns its row count."""
+    table = (frame.collect(engine="streaming") if isinstance(frame, pl.LazyFrame) else frame).to_arrow()
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression=COMPRESSION)
+    return table.num_rows
