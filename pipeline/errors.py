@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_FINDINGS = 1  # the input was read, but something the user asked to fail on was found
 EXIT_USAGE = 2  # bad options, unreadable or non-spy input, unwritable output
+EXIT_INTERNAL = 70  # a bug in p11lens (EX_SOFTWARE)
 
 
 class P11lensError(Exception):

@@ -32,7 +32,27 @@ def ensure_dir(path: Path) -> Path:
         raise OutputError(f"cannot create output folder {path}: {exc.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise OutputError(f"output folder {path} is not writable")
+    remove_stale_temps(path)
     return path
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete temporary files left by a run that was killed (its pid no longer runs)."""
+    for tmp in folder.glob(".*.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

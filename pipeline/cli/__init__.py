@@ -13,7 +13,7 @@ import logging
 import sys
 
 from pipeline import __version__
-from pipeline.errors import EXIT_USAGE, P11lensError
+from pipeline.errors import EXIT_INTERNAL, EXIT_USAGE, P11lensError
 
 COMMANDS = ("parse",)
 
@@ -56,6 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return EXIT_USAGE
+    except OSError as exc:
+        print(f"p11lens: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except Exception as exc:  # a bug: say so in one line; -vv shows where
+        log.debug("internal error", exc_info=True)
+        print(f"p11lens: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.progress import byte_progress
-from pipeline.parse import input_size, parse_logs
+from pipeline.parse import check_inputs, input_size, parse_logs
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,7 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
 
 
 def parse_with_progress(args: argparse.Namespace) -> dict:
+    check_inputs(args.logs)
     sizes = [input_size(path) for path in args.logs]
     total = None if None in sizes else sum(sizes)
     with byte_progress(total, "parse") as advance:

@@ -1,0 +1,127 @@
+"""`p11lens parse` as a user or cron job runs it: outputs, stdin, and one-line errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import polars as pl
+import pytest
+from spylogs import DATA, PINS, header_counts, pin_patterns, p11lens
+
+KEYGEN = DATA / "02-keygen-sign_0.27.1.log"
+MULTI = DATA / "07-multiprocess-append_0.23.0-debian.log"
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, needle: str) -> None:
+    stderr = result.stderr.decode()
+    assert result.returncode == 2, stderr
+    assert "Traceback" not in stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+    assert needle in stderr
+
+
+def test_parse_writes_calls_and_manifest_with_summary_line(tmp_path):
+    result = p11lens("parse", str(KEYGEN), str(MULTI), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    calls = pl.read_parquet(tmp_path / "out" / "calls.parquet")
+    assert sorted(set(calls["source"].to_list())) == sorted([str(KEYGEN), str(MULTI)])
+    expected = sum(header_counts(p.read_bytes()).total() for p in (KEYGEN, MULTI))
+    assert calls.height == expected
+    assert f"{expected} records" in result.stdout.decode()
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert [i["path"] for i in manifest["inputs"]] == [str(KEYGEN), str(MULTI)]
+    assert manifest["inputs"][1]["counts"]["banners"] == 4
+    assert not [p for p in os.listdir(tmp_path / "out") if ".tmp-" in p]
+    stdout = result.stdout.decode()
+    for pin in PINS:
+        assert pin_patterns(pin)[0] not in stdout
+
+
+def test_stdin_is_read_with_dash(tmp_path):
+    result = p11lens("parse", "-", "-o", str(tmp_path), stdin=KEYGEN.read_bytes())
+    assert result.returncode == 0, result.stderr
+    calls = pl.read_parquet(tmp_path / "calls.parquet")
+    assert calls.height == header_counts(KEYGEN.read_bytes()).total()
+    assert set(calls["source"].to_list()) == {"-"}
+
+
+def test_empty_file_is_zero_records_not_an_error(tmp_path):
+    empty = tmp_path / "empty.log"
+    empty.write_bytes(b"")
+    result = p11lens("parse", str(empty), "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert pl.read_parquet(tmp_path / "out" / "calls.parquet").height == 0
+
+
+def test_missing_file(tmp_path):
+    assert_one_line_error(p11lens("parse", str(tmp_path / "nope.log"), "-o", str(tmp_path)), "no such file")
+
+
+def test_directory_as_input(tmp_path):
+    assert_one_line_error(p11lens("parse", str(tmp_path), "-o", str(tmp_path / "o")), "is a directory")
+
+
+def test_not_a_spy_log(tmp_path):
+    text = tmp_path / "readme.txt"
+    text.write_text("hello\nthis is not a pkcs11 spy log\n" * 50)
+    result = p11lens("parse", str(text), "-o", str(tmp_path / "out"))
+    assert_one_line_error(result, "not a pkcs11-spy log")
+    assert not (tmp_path / "out" / "calls.parquet").exists()
+
+
+def test_binary_junk(tmp_path):
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(os.urandom(300_000))
+    assert_one_line_error(p11lens("parse", str(junk), "-o", str(tmp_path / "out")), "not a pkcs11-spy log")
+
+
+def test_unwritable_output(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert_one_line_error(p11lens("parse", str(KEYGEN), "-o", str(blocker / "out")), "cannot create output folder")
+
+
+def test_wrong_options_exit_2_without_traceback(tmp_path):
+    result = p11lens("parse", str(KEYGEN))  # no -o
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    assert b"-o" in result.stderr
+
+
+def test_help_explains_the_command():
+    result = p11lens("parse", "--help")
+    assert result.returncode == 0
+    assert b"manifest.json" in result.stdout and b"stdin" in result.stdout
+
+
+def test_interrupted_run_leaves_no_half_written_parquet(tmp_path):
+    """SIGKILL mid-parse: the previous calls.parquet stays whole; no new one appears half-done."""
+    big = tmp_path / "big.log"
+    with open(big, "wb") as fh:
+        chunk = KEYGEN.read_bytes()
+        for _ in range(400):
+            fh.write(chunk)
+    out = tmp_path / "out"
+    first = p11lens("parse", str(KEYGEN), "-o", str(out))
+    assert first.returncode == 0
+    before = (out / "calls.parquet").read_bytes()
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "parse", str(big), "-o", str(out)])
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(".tmp-" in p for p in os.listdir(out)):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (out / "calls.parquet").read_bytes() == before
+    assert pl.read_parquet(out / "calls.parquet").height == header_counts(KEYGEN.read_bytes()).total()
+    # the next run clears the dead run's temporary file
+    assert p11lens("parse", str(KEYGEN), "-o", str(out)).returncode == 0
+    assert not [p for p in os.listdir(out) if ".tmp-" in p]
+
+
+@pytest.mark.parametrize("flag", ["--version", "--help"])
+def test_top_level_flags(flag):
+    assert p11lens(flag).returncode == 0

@@ -1,0 +1,107 @@
+"""Real logs, damaged: CRLF, cut, spliced, duplicated, bytes injected; and a 1 MiB hexdump.
+
+The mutations start from real spy output; the invariants hold for any input:
+no exception, every line accounted for, one record per header line, no PIN in the output.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from spylogs import DATA, EXAMPLE_LOGS, PINS, header_counts, line_count, pin_patterns
+
+from pipeline.assemble import Assembler
+from pipeline.stream import iter_blocks
+from pipeline.store import records_frame
+
+SOURCES = [p.read_bytes() for p in EXAMPLE_LOGS if p.stat().st_size > 1000]
+_HEADER_LINE = re.compile(rb"^\d+: \S+$", re.M)
+
+
+def parse_bytes(raw: bytes, block_size: int = 1 << 20):
+    import io
+
+    records = []
+    assembler = Assembler("mem", records.append)
+    for block in iter_blocks(io.BytesIO(raw), block_size=block_size):
+        assembler.feed(block)
+    assembler.finish()
+    return assembler, records
+
+
+def assert_invariants(raw: bytes, block_size: int = 1 << 20) -> None:
+    assembler, records = parse_bytes(raw, block_size)
+    cov = assembler.coverage
+    folded = raw.replace(b"\r\n", b"\n")
+    assert cov.lines == line_count(folded)
+    assert cov.lines == cov.record_lines + cov.banner_lines + cov.blank_lines + cov.unparsed_lines
+    assert len(records) == len(_HEADER_LINE.findall(folded))
+    frame = records_frame(records)  # the batch conversion accepts whatever was read
+    assert frame.height == len(records)
+    text = "\n".join(str(v) for v in frame.select("func", "rv_name", "mechanism", "user_type").to_dicts())
+    for pin in PINS:
+        assert pin_patterns(pin)[0] not in text
+
+
+mutation = st.sampled_from(["cut", "splice", "duplicate", "inject", "crlf"])
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.integers(0, len(SOURCES) - 1),
+    other=st.integers(0, len(SOURCES) - 1),
+    kind=mutation,
+    at=st.floats(0, 1),
+    at2=st.floats(0, 1),
+    junk=st.binary(min_size=1, max_size=64),
+    block=st.sampled_from([256, 4096, 1 << 20]),
+)
+def test_mutated_real_logs_keep_the_invariants(base, other, kind, at, at2, junk, block):
+    raw = SOURCES[base]
+    i, j = sorted((int(at * len(raw)), int(at2 * len(raw))))
+    if kind == "cut":
+        raw = raw[:i]
+    elif kind == "splice":
+        raw = raw[:i] + SOURCES[other][int(at2 * len(SOURCES[other])) :]
+    elif kind == "duplicate":
+        raw = raw[:j] + raw[i:j] + raw[j:]
+    elif kind == "inject":
+        raw = raw[:i] + junk + b"\x00\xff\xfe" + raw[i:]
+    else:
+        raw = raw.replace(b"\n", b"\r\n")
+    assert_invariants(raw, block)
+
+
+def test_crlf_log_parses_like_the_original():
+    raw = (DATA / "06-multithread_0.27.1.log").read_bytes()
+    _, plain = parse_bytes(raw)
+    _, crlf = parse_bytes(raw.replace(b"\n", b"\r\n"))
+    assert crlf == plain
+
+
+def test_small_blocks_parse_like_large_ones():
+    """Block boundaries never change the records (they are cut at blank lines)."""
+    for path in EXAMPLE_LOGS:
+        raw = path.read_bytes()
+        assert parse_bytes(raw, 512)[1] == parse_bytes(raw)[1], path.name
+
+
+def test_one_mebibyte_hexdump_in_one_record():
+    """Constructed from a real C_Digest record by repeating its dump rows to 1 MiB (labelled fragment)."""
+    raw = (DATA / "02-keygen-sign_0.27.1.log").read_bytes()
+    start = raw.index(b"\n49: C_Digest\n")
+    end = raw.index(b"Returned:", start)
+    record = raw[start:end]
+    head, rows = record.split(b"[in] pData[ulDataLen] ", 1)
+    first_row = rows.split(b"\n")[1][14:]  # the row body after "    00000000  "
+    dump = b"".join(b"\n    %08X  " % (16 * k) + first_row for k in range(65536))
+    big = head + b"[in] pData[ulDataLen] 00007f10848f8c50 / 1048576" + dump + b"\n[out] pDigest[*pulDigestLen] 00007f10848f8c70 / 32\n"
+    digest_rows = raw[raw.index(b"[out] pDigest", start) :].split(b"\n")[1:3]
+    log = raw[:start] + big + b"\n".join(digest_rows) + b"\n" + raw[end:]
+    assembler, records = parse_bytes(log, 1 << 16)
+    (digest,) = [r for r in records if r.seq == 49]
+    assert digest.complete and digest.in_len == 1048576 and digest.out_len == 32
+    assert len(records) == header_counts(log).total()
+    assert assembler.coverage.unparsed_lines == 0
