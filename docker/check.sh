@@ -226,6 +226,10 @@ info "user $user; default command: ${default_cmd[*]}"
 
 ctr=$(buildah from --pull-never "$IMAGE") || fail "buildah from $IMAGE failed"
 trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+# buildah 1.28's `run` mounts the image's declared VOLUMEs as anonymous volumes and, at random
+# (map order), on top of a -v bind to the same path.  Dropping the declarations from this working
+# container (not from the image) leaves our binds as the only mounts there, as `docker run -v` does.
+buildah config --volume /tokens- --volume /traces- --volume /reports- "$ctr"
 run() { buildah run --isolation chroot -v "$out/tokens:/tokens" -v "$out/traces:/traces" -v "$out/reports:/reports" "$ctr" -- "$@"; }
 
 run p11lens --version | sed 's/^/    /' || fail "p11lens is not on the image's PATH"
