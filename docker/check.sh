@@ -225,12 +225,21 @@ mapfile -t default_cmd < <(buildah inspect --type image \
 info "user $user; default command: ${default_cmd[*]}"
 
 ctr=$(buildah from --pull-never "$IMAGE") || fail "buildah from $IMAGE failed"
-trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
+trap 'buildah umount "$ctr" >/dev/null 2>&1; buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
 # buildah 1.28's `run` mounts the image's declared VOLUMEs as anonymous volumes and, at random
 # (map order), on top of a -v bind to the same path.  Dropping the declarations from this working
 # container (not from the image) leaves our binds as the only mounts there, as `docker run -v` does.
 buildah config --volume /tokens- --volume /traces- --volume /reports- "$ctr"
-run() { buildah run --isolation chroot -v "$out/tokens:/tokens" -v "$out/traces:/traces" -v "$out/reports:/reports" "$ctr" -- "$@"; }
+# As compose.yaml runs it: the three folders mounted, a tmpfs on /tmp.
+run() {
+    buildah run --isolation chroot --mount type=tmpfs,destination=/tmp \
+        -v "$out/tokens:/tokens" -v "$out/traces:/traces" -v "$out/reports:/reports" "$ctr" -- "$@"
+}
+# compose.yaml sets read_only: true.  buildah run has no read-only root, but the container's
+# overlay upper layer ("diff" beside its mount point) collects every write to the root filesystem:
+# after the run it must hold nothing of the container user's (buildah itself adds /run).
+root_mnt=$(buildah mount "$ctr")
+upper=$(dirname "$root_mnt")/diff
 
 run p11lens --version | sed 's/^/    /' || fail "p11lens is not on the image's PATH"
 run_log=$out/run.log
@@ -239,6 +248,13 @@ if ! run "${default_cmd[@]}" > "$run_log" 2>&1; then
     fail "the default command failed (log: $run_log)"
 fi
 tail -n 15 "$run_log" | sed 's/^/    /'
+if [ -d "$upper" ]; then
+    wrote=$(cd "$upper" && find . -mindepth 1 \( ! -user 0 -o ! -path './run*' \) | head -n 20)
+    [ -z "$wrote" ] || fail "the default command wrote to the root filesystem, which compose.yaml mounts read-only: $(echo $wrote)"
+    info "read-only root: nothing written outside /tokens, /traces, /reports, /tmp"
+else
+    info "read-only root: not checked (storage driver without an overlay upper layer)"
+fi
 
 # --- 6. check the outputs ------------------------------------------------------------------------
 step "6/7 check the trace and the reports in $out"
@@ -269,6 +285,15 @@ print(df.height, *(f"{f}={k}" for f, k in n.items()))
 sys.exit(0 if df.height and all(n.values()) else 1)
 ' "${calls[@]}") || fail "calls.parquet lacks rows for ${calls[*]}: $counts"
 info "calls.parquet: $counts (rows, then rows per function)"
+# The lab's PINs are random per run and recorded in the truth file: no report file may hold them.
+leak=$(run python3 -c '
+import json, pathlib, sys
+pins = [p for p in json.loads(pathlib.Path("/traces/smoke.log.truth.json").read_text()).get("pins", {}).values() if p]
+hits = [f"{f.name}" for f in pathlib.Path("/reports").rglob("*") if f.is_file() and any(p.encode() in f.read_bytes() for p in pins)]
+print(len(pins), *hits)
+sys.exit(1 if hits or not pins else 0)
+') || fail "PIN check: expected PINs in the truth file and none in the reports; got: $leak"
+info "no report file holds the lab's PINs (${leak%% *} PINs checked)"
 
 # --- 7. size ------------------------------------------------------------------------------------
 step "7/7 image size"
