@@ -150,8 +150,9 @@ def _merge(lab: Lab, opts: DriveOptions, plans: list[dict[str, Any]], parts: lis
     remap = {(op["process"], op["index"]): n for n, op in enumerate(ops)}
     for n, op in enumerate(ops):
         op["process_op"], op["index"] = op["index"], n
-    sessions = [_remap(s, remap, ("opened_op", "closed_op")) for part in parts for s in part["sessions"]]
-    auth = [_remap(a, remap, ("op",)) for part in parts for a in part["auth"]]
+    sessions = sorted((_remap(s, remap, ("opened_op", "closed_op")) for part in parts for s in part["sessions"]),
+                      key=lambda s: s["opened_op"])
+    auth = sorted((_remap(a, remap, ("op",)) for part in parts for a in part["auth"]), key=lambda a: a["op"])
     data = opts.trace.read_bytes()
     for op, lines in zip(ops, line_ranges(data, [op["trace_bytes"] for op in ops])):
         op["trace_lines"] = lines
