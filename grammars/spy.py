@@ -24,7 +24,7 @@ sequence of *tokens*, each either one whole clean call record or one line::
     banner-line  = 15 * "*" " OpenSC PKCS#11 spy " 17 * "*" ;             (* after two blank lines *)
     load-result  = 'Loaded: "' path '"' | "Error: " text ;
 
-A ``record`` token is accepted only if its body has no glued unit from another call (no
+A ``record`` token is kept whole only if its body has no glued unit from another call (no
 ``Returned:`` or timestamp inside a line, no header inside the body: ``is_clean_body``).
 Everything else -- interleaved threads, several processes sharing a file, truncated records,
 application stderr -- arrives as ``line`` tokens and is classified by the line grammar
@@ -86,36 +86,35 @@ BODY_STARTS = (
 )
 _BODY_START = "(?:" + "|".join(BODY_STARTS) + ")"
 
-RECORD_RE = re.compile(
-    r"\n" + HEADER + r"\n" + TS + r"(\n(?:[^\n]+\n)*?)" + RETURNED + r"(?:\n|\Z)"
-)
-LINE_RE = re.compile(r"[^\n]*\n|[^\n]+\Z")
+RECORD_PATTERN = r"\n" + HEADER + r"\n" + TS + r"(\n(?:[^\n]+\n)*?)" + RETURNED + r"(?:\n|\Z)"
+LINE_PATTERN = r"[^\n]*\n|[^\n]+\Z"
+TOKEN_RE = re.compile(RECORD_PATTERN + "|" + LINE_PATTERN)
+"""A whole record (groups 1-8 set) or else one line (group 1 is None)."""
 
 # A clean body: every line starts like a body line, and no unit of another call is glued in.
-_CLEAN_BODY_RE = re.compile(r"(?:\n" + _BODY_START + r"[^\n]*)*\n")
-_GLUED_TS_RE = re.compile(r"\d\d:\d\d:\d\d\.\d{3}\n")
+_UNCLEAN_LINE_RE = re.compile(r"\n(?!" + _BODY_START + r")[^\n]")
+_GLUED_TS_RE = re.compile(r":\d\d\.\d{3}\n")
 
 
 def is_clean_body(body: str) -> bool:
     """True when a record's body holds only its own lines (the fast path may keep it)."""
     return (
         "Returned:" not in body
-        and _CLEAN_BODY_RE.fullmatch(body) is not None
+        and _UNCLEAN_LINE_RE.search(body) is None
         and _GLUED_TS_RE.search(body) is None
     )
 
 
 # --- pyparsing elements ---
 
-RECORD = pp.Regex(RECORD_RE, as_match=True).set_name("record")
-LINE = pp.Regex(LINE_RE, as_match=True).set_name("line")
-SCANNER = (RECORD | LINE).leave_whitespace().parse_with_tabs()
+SCANNER = pp.Regex(TOKEN_RE, as_match=True).set_name("record | line").leave_whitespace().parse_with_tabs()
+"""One pyparsing element call per token: ``record | line`` is a single regex alternation."""
 
 
 def scan(text: str):
     """Token stream of a block of trace text: clean records whole, everything else line by line.
 
-    Yields ``(re.Match, start, end)``; ``match.re is RECORD_RE`` tells a record from a line.
+    Yields ``(re.Match, start, end)``; ``match.group(1)`` is None for a line token.
     """
     for tokens, start, end in SCANNER.scan_string(text, always_skip_whitespace=False):
         yield tokens[0], start, end
@@ -173,8 +172,8 @@ SPY_LINE = (
 
 def classify(unit: str) -> tuple[str, re.Match[str] | None]:
     """Kind of one line or unit: a ``SPY_LINE`` alternative, or ``"foreign"``."""
-    try:
-        kind, match = SPY_LINE.parse_string(unit, parse_all=True)[0]
+    try:  # every alternative ends in \Z, so a match is a whole-unit match
+        kind, match = SPY_LINE.parse_string(unit)[0]
     except pp.ParseException:
         return "foreign", None
     return kind, match

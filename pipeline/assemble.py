@@ -112,7 +112,7 @@ class Assembler:
         line = self.coverage.lines
         for match, start, end in spy.scan(text):
             nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
-            if match.re is spy.RECORD_RE and self._fast_record(match, line):
+            if match.group(1) is not None and self._fast_record(match, line, nlines):
                 self.coverage.blank_lines += 1  # the separator line in front of the header
                 self.coverage.record_lines += nlines - 1
             else:
@@ -128,21 +128,18 @@ class Assembler:
 
     # --- the fast path ---
 
-    def _fast_record(self, m: re.Match[str], line: int) -> bool:
+    def _fast_record(self, m: re.Match[str], line: int, nlines: int) -> bool:
         """Emit a clean record that overlaps no active call of its process; False: use the slow path."""
-        if not spy.is_clean_body(m.group(6)):
+        seq, func, pid_text, tid_text, ts, body, rv, rv_name = m.groups()
+        if not spy.is_clean_body(body):
             return False
-        pid = int(m.group(3)) if m.group(3) else None
+        pid = int(pid_text) if pid_text else None
         if self._open and any(_same_process(other, pid) for other in self._active()):
             return False
         self._headers += 1
-        tid = int(m.group(4)) if m.group(4) else None
-        func = m.group(2)
-        header_line = line + 2
-        end_line = header_line + m.group(0).count("\n", 1) - m.group(0).endswith("\n")
         self._emit(
-            int(m.group(1)), func, header_line, self._process_of(pid), pid, tid, m.group(5),
-            int(m.group(7)), m.group(8), spy.call_fields(func, m.group(6)), end_line, False,
+            int(seq), func, line + 2, self._process_of(pid), pid, int(tid_text) if tid_text else None, ts,
+            int(rv), rv_name, spy.call_fields(func, body), line + nlines, False,
         )
         return True
 
@@ -248,6 +245,7 @@ class Assembler:
     def _emit_open(self, record: _Open) -> None:
         body = "\n".join(record.body) + "\n"
         uncertain = any(_same_process(record, other.pid) for other in record.overlaps)
+        record.overlaps = []  # break the reference cycles between overlapping records
         self._emit(
             record.seq, record.func, record.line, record.process, record.pid, record.tid, record.ts,
             record.rv, record.rv_name, spy.call_fields(record.func, body), record.end_line, uncertain,

@@ -8,6 +8,7 @@ never a half-written one.  Readers (DuckDB, Polars, Spark) only ever see whole f
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 from collections.abc import Iterator
@@ -102,10 +103,11 @@ class CallsWriter:
     def flush(self) -> None:
         if not self.rows:
             return
-        table = records_frame(self.rows).to_arrow().cast(CALLS_SCHEMA)
+        table = records_frame(self.rows).to_arrow(compat_level=pl.CompatLevel.oldest()).cast(CALLS_SCHEMA)
         self._writer.write_table(table)
         self.written += len(self.rows)
         self.rows = []
+        gc.collect()  # the parse runs with automatic collection paused (see pipeline.parse)
 
     def close(self) -> None:
         self.flush()
