@@ -14,6 +14,7 @@ import json
 import subprocess
 import sys
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -108,7 +109,9 @@ def sessions_from_calls(calls: pl.DataFrame, truth: dict[str, Any]) -> dict[int,
 def driver_runs(tmp_path_factory) -> dict[str, dict[str, Any]]:
     """Every workload driven once, small, and parsed (shared by the tests below: ~10 s)."""
     tmp = tmp_path_factory.mktemp("driver")
-    return {name: drive_and_parse(tmp, name, *args) for name, args in WORKLOADS.items()}
+    with ThreadPoolExecutor(max_workers=3) as pool:  # independent labs and traces: run side by side
+        futures = {name: pool.submit(drive_and_parse, tmp, name, *args) for name, args in WORKLOADS.items()}
+        return {name: f.result() for name, f in futures.items()}
 
 
 @pytest.fixture(params=list(WORKLOADS))
@@ -318,7 +321,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess | tuple[int, str],
     ("--module", "LIBC", "not a PKCS#11 library"),
     ("--spy", "/nonexistent/pkcs11-spy.so", "no such file"),
 ])
-def test_bad_library_paths_exit_2_with_one_line(tmp_path, option, value, needle):
+def test_bad_library_paths_exit_2_with_one_line(tmp_path, capsys, option, value, needle):
     if value == "README":
         value = str(tmp_path / "README")
         Path(value).write_text("not a library\n")
@@ -327,8 +330,8 @@ def test_bad_library_paths_exit_2_with_one_line(tmp_path, option, value, needle)
 
         value = ctypes.util.find_library("m")
         value = next(p for p in ("/lib/x86_64-linux-gnu/" + value, "/usr/lib/x86_64-linux-gnu/" + value) if Path(p).exists())
-    result = run_cli("drive", "--workload", "smoke", option, value, "-o", str(tmp_path / "t.log"))
-    assert_one_line_error(result, needle)
+    code = cli_main(["drive", "--workload", "smoke", option, value, "-o", str(tmp_path / "t.log")])
+    assert_one_line_error((code, capsys.readouterr().err), needle)
 
 
 @pytest.mark.parametrize("missing,package", [("SOFTHSM_CANDIDATES", "softhsm2"), ("SPY_CANDIDATES", "opensc")])
@@ -344,15 +347,22 @@ def test_missing_libraries_name_the_debian_packages(tmp_path, monkeypatch, capsy
     (["--ops", "0"], "--ops must be at least 1"),
     (["-o", "/nonexistent/dir/t.log"], "no such directory"),
 ])
-def test_bad_options_exit_2(tmp_path, args, needle):
+def test_bad_options_exit_2(tmp_path, capsys, args, needle):
     if "-o" not in args:
         args = [*args, "-o", str(tmp_path / "t.log")]
-    assert_one_line_error(run_cli("drive", "--workload", "smoke", *args), needle)
+    code = cli_main(["drive", "--workload", "smoke", *args])
+    assert_one_line_error((code, capsys.readouterr().err), needle)
 
 
-def test_non_empty_lab_is_refused(tmp_path):
+def test_one_subprocess_error_has_no_traceback(tmp_path):
+    """The same through the console script, as a user runs it."""
+    result = run_cli("drive", "--workload", "smoke", "--module", "/nonexistent/libp11.so", "-o", str(tmp_path / "t.log"))
+    assert_one_line_error(result, "no such file")
+
+
+def test_non_empty_lab_is_refused(tmp_path, capsys):
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "keep.txt").write_text("mine")
-    result = run_cli("drive", "--workload", "smoke", "--lab", str(tmp_path / "lab"), "-o", str(tmp_path / "t.log"))
-    assert_one_line_error(result, "new or empty directory")
+    code = cli_main(["drive", "--workload", "smoke", "--lab", str(tmp_path / "lab"), "-o", str(tmp_path / "t.log")])
+    assert_one_line_error((code, capsys.readouterr().err), "new or empty directory")
     assert (tmp_path / "lab" / "keep.txt").read_text() == "mine"

@@ -69,8 +69,10 @@ class Planner:
     def close_session(self, sid: str, **extra: Any) -> None:
         self.sessions[sid]["open"] = False
         for key in self.keys.values():
-            if key["session"] == sid and not key["store"]:
-                key["alive"] = False  # session objects die with their session
+            # session objects die with their session; token objects live on in the token, but
+            # python-pkcs11's handle objects are bound to the session that made them
+            if key["session"] == sid:
+                key["alive"] = False
         self.add("close_session", session=sid, **extra)
 
     def gen_key(self, kind: str, sid: str, store: bool = False, **extra: Any) -> str:
