@@ -1,0 +1,51 @@
+"""``p11lens report OUT [--format html|md|txt] [-o FILE]``: stage outputs → one report file."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from reports.model import load_report
+from reports.render import FORMATS, default_path, render, write_text
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report",
+        help="render a report (HTML, Markdown or text) from an analyzed output folder",
+        description=(
+            "Render the stage outputs of OUT (written by `p11lens analyze` or `p11lens run`) as one "
+            "self-contained HTML page (works offline), GitHub-flavoured Markdown, or plain text. "
+            "Without -o the report goes to OUT/report.<format>; -o - writes it to stdout."
+        ),
+    )
+    p.add_argument("out", type=Path, metavar="OUT", help="an output folder with manifest.json and the stage files")
+    p.add_argument("-f", "--format", choices=sorted(FORMATS), default=None,
+                   help="report format (default: from -o's extension, else html)")
+    p.add_argument("-o", "--output", metavar="FILE", default=None, help="where to write (default OUT/report.<format>; - for stdout)")
+    p.set_defaults(run=run)
+
+
+def output_format(fmt: str | None, output: str | None) -> str:
+    """The format asked for, else the one -o's extension names (.md, .txt, .html), else html."""
+    if fmt:
+        return fmt
+    suffix = Path(output).suffix.lower().lstrip(".") if output and output != "-" else ""
+    return {"htm": "html", "markdown": "md", "text": "txt"}.get(suffix, suffix) if suffix in (*FORMATS, "htm", "markdown", "text") else "html"
+
+
+def emit(text: str, output: str | None, default: Path) -> Path | None:
+    if output == "-":
+        sys.stdout.write(text)
+        return None
+    return write_text(Path(output) if output else default, text)
+
+
+def run(args: argparse.Namespace) -> int:
+    fmt = output_format(args.format, args.output)
+    text = render(load_report(args.out), fmt)
+    path = emit(text, args.output, default_path(args.out, fmt))
+    if path is not None:
+        print(path)
+    return 0

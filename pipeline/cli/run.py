@@ -1,0 +1,60 @@
+"""``p11lens run LOG... -o OUT``: the main job, parse + analyze + all three reports."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+
+from pipeline.cli.parse import add_input_options, parse_with_progress, summary_line
+from reports.model import load_report
+from reports.render import FORMATS, write_reports
+
+log = logging.getLogger("p11lens.run")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="parse, analyze and report in one go (the main job)",
+        description=(
+            "Parse the spy logs into OUT/calls.parquet, run every analysis stage into "
+            "OUT/<stage>.parquet, and write OUT/report.html, OUT/report.md and OUT/report.txt. "
+            "Progress goes to stderr (-q silences it); the last line on stdout names the reports."
+        ),
+    )
+    add_input_options(p)
+    p.add_argument("--bucket", default=None, metavar="SIZE",
+                   help="time bucket for the over-time figures, e.g. 10s, 1m, 1h (default: automatic)")
+    p.add_argument("--formats", default="html,md,txt", metavar="LIST",
+                   help="report formats to write, comma-separated (default: html,md,txt)")
+    p.set_defaults(run=run)
+
+
+def formats(text: str) -> list[str]:
+    from pipeline.errors import P11lensError
+
+    names = [f.strip().lower() for f in text.split(",") if f.strip()]
+    bad = [f for f in names if f not in FORMATS]
+    if bad or not names:
+        raise P11lensError(f"--formats {text!r}: choose from html, md, txt")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    wanted = formats(args.formats)
+    if not args.quiet and log.getEffectiveLevel() > logging.INFO:
+        log.setLevel(logging.INFO)  # progress is the point of `run`; -q turns it off
+    started = time.perf_counter()
+    log.info("parsing %d log(s) ...", len(args.logs))
+    manifest = parse_with_progress(args)
+    log.info("%s", summary_line(manifest, args.output))
+    log.info("analyzing ...")
+    from pipeline.analyze import analyze  # the stages; imported here so `p11lens --help` stays light
+
+    analyze(args.output, bucket=args.bucket)
+    log.info("rendering %s ...", ", ".join(wanted))
+    paths = write_reports(args.output, wanted, load_report(args.output))
+    log.info("done in %.1f s", time.perf_counter() - started)
+    print("reports: " + " ".join(str(p) for p in paths))
+    return 0

@@ -1,0 +1,588 @@
+"""The report model: one typed payload, built once from a run folder, that every renderer reads.
+
+``load_report(out_dir)`` reads ``manifest.json`` and the stage Parquet files that
+``p11lens analyze`` wrote and returns a `Report`.  Everything a report shows is decided here:
+which rows, in which order, how many (tables are capped so a huge trace still gives a small
+page), and every derived figure (error rate, time range, ...).  The templates only format and
+lay out what they are given; the charts (``reports.charts``) only draw it.
+
+Tables are `Table` objects: the columns (with a *kind* that says how to format the value) and
+the rows, shared by the HTML, Markdown and text renderers so that the three formats cannot
+disagree about a figure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline.errors import InputError
+
+MANIFEST = "manifest.json"
+STAGES = ("latency", "latency_over_time", "errors", "sessions", "processes", "mechanisms", "findings")
+REQUIRED = ("latency", "errors", "sessions", "findings")
+SEVERITIES = ("high", "medium", "low", "info")
+
+# Caps that keep a report of a 100k-call (or 100M-call) trace small: rows beyond them are
+# summarised in a note that points at the Parquet file holding all of them.
+MAX_LATENCY_ROWS = 40
+MAX_MECH_LATENCY_ROWS = 40
+MAX_ERROR_ROWS = 40
+MAX_SESSION_ROWS = 100
+MAX_PROCESS_ROWS = 50
+MAX_MECHANISM_ROWS = 40
+MAX_FINDINGS_PER_CODE = 12
+MAX_TIMELINE_SESSIONS = 120  # above this the sessions chart shows open sessions over time
+MAX_INPUT_ROWS = 50
+
+
+# --------------------------------------------------------------------------------------------
+# tables
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    label: str
+    kind: str = "text"  # text | code | id | int | ms | pct | ts | bytes | bool | hash | hex | ref | num | category
+    title: str = ""  # a tooltip / footnote for the header
+
+    @property
+    def numeric(self) -> bool:
+        return self.kind in ("int", "ms", "pct", "bytes", "num", "dms", "dpct", "dpp", "dint")
+
+
+@dataclass
+class Table:
+    """Rows (dataclasses or dicts) under typed columns, with how many rows exist in total."""
+
+    id: str
+    columns: list[Column]
+    rows: list[Any]
+    total: int
+    source: str = ""  # the Parquet file with every row, named in the "N more" note
+    empty: str = "none"
+
+    @property
+    def omitted(self) -> int:
+        return self.total - len(self.rows)
+
+    @property
+    def note(self) -> str:
+        if self.omitted <= 0:
+            return ""
+        where = f"; all {self.total:,} are in {self.source}" if self.source else ""
+        return f"showing {len(self.rows):,} of {self.total:,} rows{where}"
+
+
+def _rows(df: pl.DataFrame) -> list[dict]:
+    return df.to_dicts()
+
+
+# --------------------------------------------------------------------------------------------
+# the payload
+
+
+@dataclass(frozen=True)
+class InputFile:
+    path: str
+    size: int
+    sha256: str
+    dialects: str
+    records: int
+    incomplete: int
+    processes: int
+    lines: int
+    unparsed_lines: int
+    unparsed_spans: list  # [[first, last], ...] as the manifest gives them
+
+
+@dataclass(frozen=True)
+class Coverage:
+    lines: int
+    record_lines: int
+    banner_lines: int
+    blank_lines: int
+    unparsed_lines: int
+
+    @property
+    def parsed_share(self) -> float | None:
+        return None if not self.lines else (self.lines - self.unparsed_lines) / self.lines
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    out_dir: str
+    version: str
+    created: str
+    dialects: list[str]
+    inputs: list[InputFile]
+    inputs_total: int
+    input_bytes: int
+    records: int
+    complete: int
+    incomplete: int
+    uncertain: int
+    banners: int
+    load_errors: int
+    processes: int
+    coverage: Coverage
+    first_ts: datetime | None
+    last_ts: datetime | None
+    stages: list[str]
+
+    @property
+    def span_seconds(self) -> float | None:
+        if self.first_ts is None or self.last_ts is None:
+            return None
+        return (self.last_ts - self.first_ts).total_seconds()
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One headline number of the summary strip."""
+
+    key: str
+    label: str
+    value: Any
+    kind: str
+    detail: str = ""
+    alert: bool = False
+
+
+@dataclass(frozen=True)
+class Bucket:
+    start: datetime
+    seconds: float
+    calls: int
+    errors: int
+    p95_ms: float | None
+
+
+@dataclass(frozen=True)
+class SessionBar:
+    """One session on the timeline: a lane per process, seconds from the trace start."""
+
+    lane: str
+    start_s: float
+    end_s: float
+    ended_by: str
+    leaked: bool
+
+
+@dataclass(frozen=True)
+class FindingRef:
+    source: str | None
+    line: int | None
+    message: str
+    count: int
+
+    @property
+    def ref(self) -> str:
+        if self.source is None:
+            return ""
+        return f"{self.source}:{self.line}" if self.line is not None else self.source
+
+
+@dataclass(frozen=True)
+class FindingGroup:
+    severity: str
+    code: str
+    total: int  # findings (rows) with this code
+    occurrences: int  # sum of their counts
+    items: list[FindingRef]
+
+    @property
+    def omitted(self) -> int:
+        return self.total - len(self.items)
+
+    @property
+    def message(self) -> str:
+        return self.items[0].message if self.items else ""
+
+
+@dataclass
+class Report:
+    run: RunInfo
+    figures: list[Figure]
+    latency: Table  # per function
+    latency_mech: Table  # per (function, mechanism)
+    latency_chart: list[dict]  # per-function rows for the chart (busiest first)
+    buckets: list[Bucket]
+    bucket_seconds: float | None
+    errors_by_rv: Table
+    errors_by_func: Table
+    sessions: Table
+    session_count: int
+    sessions_leaked: int
+    timeline: list[SessionBar]  # empty when there are too many sessions to draw one by one
+    open_sessions: dict[str, list[tuple[float, int]]]  # lane → step series, when aggregated
+    processes: Table
+    mechanisms: Table
+    findings: list[FindingGroup]
+    findings_by_severity: dict[str, int]
+    secrets: list[FindingGroup]  # groups whose code says secrets were in the trace
+    overall_p95_ms: float | None
+    charts: dict[str, str] = field(default_factory=dict)  # filled by the HTML renderer
+
+    @property
+    def has_findings(self) -> bool:
+        return bool(self.findings)
+
+
+# --------------------------------------------------------------------------------------------
+# loading
+
+
+def read_stage(out_dir: Path, name: str, required: bool = True) -> pl.DataFrame | None:
+    path = out_dir / f"{name}.parquet"
+    if not path.exists():
+        if required:
+            raise InputError(f"{out_dir}: no {name}.parquet; run `p11lens analyze {out_dir}` first")
+        return None
+    return pl.read_parquet(path)
+
+
+def read_manifest(out_dir: Path) -> dict:
+    path = out_dir / MANIFEST
+    if not out_dir.is_dir():
+        raise InputError(f"{out_dir}: no such output folder")
+    if not path.exists():
+        raise InputError(f"{out_dir}: no manifest.json; run `p11lens parse` (or `p11lens run`) first")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+
+
+def is_secret_code(code: str) -> bool:
+    """Finding codes that mean secret material (PINs, key values, plaintext) is in the trace."""
+    c = code.lower()
+    return "secret" in c or "pin-in" in c or "pin_in" in c or "plaintext" in c or "key-value" in c
+
+
+def load_report(out_dir: Path | str) -> Report:
+    out_dir = Path(out_dir)
+    manifest = read_manifest(out_dir)
+    frames = {name: read_stage(out_dir, name, name in REQUIRED) for name in STAGES}
+    return build_report(out_dir, manifest, frames)
+
+
+def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame | None]) -> Report:
+    lat = frames["latency"]
+    err = frames["errors"]
+    ses = frames["sessions"]
+    fnd = frames["findings"]
+
+    per_rv = err.filter(pl.col("func").is_null())
+    per_func_rv = err.filter(pl.col("func").is_not_null())
+    first_ts = per_rv["first_ts"].min() if per_rv.height else None
+    last_ts = per_rv["last_ts"].max() if per_rv.height else None
+    run = _run_info(out_dir, manifest, first_ts, last_ts)
+
+    calls = run.records
+    errors = int(per_rv.filter(pl.col("category") == "error")["count"].sum()) if per_rv.height else 0
+    incomplete = int(per_rv.filter(pl.col("category") == "incomplete")["count"].sum()) if per_rv.height else 0
+    leaked = int(ses["leaked"].sum()) if ses.height else 0
+    overall = _overall_p95(out_dir, lat)
+
+    findings, by_sev = _findings(fnd)
+    secrets = [g for g in findings if is_secret_code(g.code)]
+
+    figures = [
+        Figure("calls", "calls", calls, "int", f"{run.processes:,} process(es), {len(run.inputs):,} log(s)"),
+        Figure("error_rate", "error rate", errors / calls if calls else None, "pct",
+               f"{errors:,} error return(s)" + (f", {incomplete:,} without return" if incomplete else ""), errors > 0),
+        Figure("sessions", "sessions", ses.height, "int", f"{int(ses['logged_in'].sum()) if ses.height else 0:,} logged in"),
+        Figure("leaked", "sessions left open", leaked, "int", "never closed nor finalized", leaked > 0),
+        Figure("p95", "p95 latency", overall, "ms", "all calls, upper bound"),
+        Figure("findings", "findings", sum(by_sev.values()), "int",
+               ", ".join(f"{by_sev[s]} {s}" for s in SEVERITIES if by_sev.get(s)) or "none", by_sev.get("high", 0) > 0),
+    ]
+
+    per_func = lat.filter(pl.col("mechanism").is_null()).sort(["count", "func"], descending=[True, False])
+    per_mech = lat.filter(pl.col("mechanism").is_not_null()).sort(["count", "func", "mechanism"], descending=[True, False, False])
+    lat_cols = [
+        Column("func", "function", "code"),
+        Column("count", "calls", "int"),
+        Column("with_latency", "timed", "int", "calls with a next entry to measure to"),
+        Column("p50_ms", "p50 ms", "ms"),
+        Column("p90_ms", "p90 ms", "ms"),
+        Column("p95_ms", "p95 ms", "ms"),
+        Column("p99_ms", "p99 ms", "ms"),
+        Column("max_ms", "max ms", "ms"),
+        Column("total_ms", "total ms", "ms", "sum of the upper bounds"),
+    ]
+    latency = Table("latency", lat_cols, _rows(per_func.head(MAX_LATENCY_ROWS)), per_func.height, "latency.parquet")
+    latency_mech = Table(
+        "latency-mech",
+        [lat_cols[0], Column("mechanism", "mechanism", "code")] + lat_cols[1:7],
+        _rows(per_mech.head(MAX_MECH_LATENCY_ROWS)),
+        per_mech.height,
+        "latency.parquet",
+    )
+    latency_chart = _rows(per_func.filter(pl.col("with_latency") > 0).head(15))
+
+    buckets, bucket_seconds = _buckets(frames["latency_over_time"])
+
+    err_cols = [
+        Column("rv_name", "return value", "code"),
+        Column("rv", "code", "hex"),
+        Column("category", "category", "category"),
+        Column("count", "calls", "int"),
+        Column("share", "share", "pct"),
+        Column("first_ts", "first seen", "ts"),
+        Column("last_ts", "last seen", "ts"),
+    ]
+    per_rv_sorted = per_rv.sort(["category", "count"], descending=[False, True]).sort(
+        pl.col("category").replace_strict({"error": 0, "incomplete": 1, "benign": 2, "ok": 3}, default=4)
+    )
+    errors_by_rv = Table("errors-rv", err_cols, _rows(per_rv_sorted.head(MAX_ERROR_ROWS)), per_rv.height, "errors.parquet")
+    not_ok = per_func_rv.filter(pl.col("category") != "ok").sort(
+        [pl.col("category").replace_strict({"error": 0, "incomplete": 1, "benign": 2}, default=3), "count", "func"],
+        descending=[False, True, False],
+    )
+    errors_by_func = Table(
+        "errors-func",
+        [Column("func", "function", "code")] + err_cols[:3] + [Column("count", "calls", "int"),
+                                                               Column("share", "of its calls", "pct")] + err_cols[5:],
+        _rows(not_ok.head(MAX_ERROR_ROWS)),
+        not_ok.height,
+        "errors.parquet",
+        "every call returned CKR_OK",
+    )
+
+    sessions_table, timeline, open_series = _sessions(ses, first_ts)
+    processes = _processes(frames["processes"])
+    mechanisms = _mechanisms(frames["mechanisms"])
+
+    return Report(
+        run=run,
+        figures=figures,
+        latency=latency,
+        latency_mech=latency_mech,
+        latency_chart=latency_chart,
+        buckets=buckets,
+        bucket_seconds=bucket_seconds,
+        errors_by_rv=errors_by_rv,
+        errors_by_func=errors_by_func,
+        sessions=sessions_table,
+        session_count=ses.height,
+        sessions_leaked=leaked,
+        timeline=timeline,
+        open_sessions=open_series,
+        processes=processes,
+        mechanisms=mechanisms,
+        findings=findings,
+        findings_by_severity=by_sev,
+        secrets=secrets,
+        overall_p95_ms=overall,
+    )
+
+
+def _run_info(out_dir: Path, m: dict, first_ts, last_ts) -> RunInfo:
+    inputs = []
+    for i in m.get("inputs", []):
+        cov = i.get("coverage", {})
+        counts = i.get("counts", {})
+        inputs.append(
+            InputFile(
+                path=i["path"],
+                size=i.get("size") or 0,
+                sha256=i.get("sha256", ""),
+                dialects=", ".join(i.get("dialects", [])) or "–",
+                records=counts.get("records", 0),
+                incomplete=counts.get("incomplete", 0),
+                processes=i.get("processes", 0),
+                lines=cov.get("lines", 0),
+                unparsed_lines=cov.get("unparsed_lines", 0),
+                unparsed_spans=cov.get("unparsed_spans", []),
+            )
+        )
+    counts = m.get("counts", {})
+    cov = m.get("coverage", {})
+    stages = m.get("stages") or {}
+    return RunInfo(
+        out_dir=str(out_dir),
+        version=str(m.get("version", "?")),
+        created=str(m.get("created", "")),
+        dialects=list(m.get("dialects", [])),
+        inputs=inputs[:MAX_INPUT_ROWS],
+        inputs_total=len(inputs),
+        input_bytes=sum(i.size for i in inputs),
+        records=counts.get("records", 0),
+        complete=counts.get("complete", 0),
+        incomplete=counts.get("incomplete", 0),
+        uncertain=counts.get("uncertain", 0),
+        banners=counts.get("banners", 0),
+        load_errors=counts.get("load_errors", 0),
+        processes=m.get("processes", sum(i.processes for i in inputs)),
+        coverage=Coverage(
+            lines=cov.get("lines", 0),
+            record_lines=cov.get("record_lines", 0),
+            banner_lines=cov.get("banner_lines", 0),
+            blank_lines=cov.get("blank_lines", 0),
+            unparsed_lines=cov.get("unparsed_lines", 0),
+        ),
+        first_ts=first_ts,
+        last_ts=last_ts,
+        stages=sorted(stages) if isinstance(stages, (dict, list)) else [],
+    )
+
+
+def _overall_p95(out_dir: Path, lat: pl.DataFrame) -> float | None:
+    """p95 over all calls: the stage's own all-calls row if it wrote one, else from calls.parquet
+    with the design's definition (gap to the next entry of the same source/process/pid/tid)."""
+    for col, val in (("func", None), ("func", "*"), ("func", "(all)")):
+        rows = lat.filter(pl.col(col).is_null() if val is None else pl.col(col) == val)
+        if rows.height:
+            return rows["p95_ms"][0]
+    calls = out_dir / "calls.parquet"
+    if not calls.exists():
+        return None
+    key = ["source", "process", "pid", "tid"]
+    lf = pl.scan_parquet(calls).select(key + ["line", "ts", "uncertain"]).sort(["source", "process", "line"])
+    gap = (pl.col("ts").shift(-1).over(key) - pl.col("ts")).dt.total_milliseconds()
+    value = (
+        lf.with_columns(gap=pl.when(pl.col("uncertain")).then(None).otherwise(gap))
+        .select(pl.col("gap").cast(pl.Float64).quantile(0.95, "linear"))
+        .collect()
+        .item()
+    )
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
+
+
+def _buckets(df: pl.DataFrame | None) -> tuple[list[Bucket], float | None]:
+    if df is None or not df.height:
+        return [], None
+    df = df.sort("bucket_start")
+    out = [
+        Bucket(r["bucket_start"], float(r["bucket_seconds"]), int(r["calls"]), int(r["errors"] or 0), r["p95_ms"])
+        for r in df.iter_rows(named=True)
+    ]
+    return out, float(df["bucket_seconds"][0])
+
+
+def lane_name(source: str, process: int, pid: int | None) -> str:
+    name = Path(source).name if source not in ("-", "") else "stdin"
+    return f"{name} #{process}" + (f" (pid {pid})" if pid is not None else "")
+
+
+def _sessions(ses: pl.DataFrame, t0: datetime | None):
+    cols = [
+        Column("lane", "process", "text"),
+        Column("session", "handle", "id"),
+        Column("slot", "slot", "id"),
+        Column("rw", "rw", "bool"),
+        Column("opened_ts", "opened", "ts"),
+        Column("duration_ms", "duration ms", "ms"),
+        Column("ended_by", "ended by", "code"),
+        Column("calls", "calls", "int"),
+        Column("errors", "errors", "int"),
+        Column("user_type", "login", "code"),
+        Column("operations", "operations", "int"),
+        Column("ref", "opened at", "ref"),
+    ]
+    if not ses.height:
+        return Table("sessions", cols, [], 0, "sessions.parquet", "no sessions were opened"), [], {}
+    ses = ses.with_columns(
+        lane=pl.struct("source", "process", "pid").map_elements(
+            lambda s: lane_name(s["source"], s["process"], s["pid"]), return_dtype=pl.String
+        ),
+        ref=pl.col("source") + pl.lit(":") + pl.col("open_line").cast(pl.String),
+        user_type=pl.when(pl.col("logged_in")).then(pl.col("user_type").fill_null("yes")).otherwise(pl.lit(None)),
+    )
+    # leaked first, then the longest: what a reviewer wants to see when the table is capped
+    ranked = ses.sort(["leaked", "duration_ms", "opened_ts"], descending=[True, True, False], nulls_last=True)
+    table = Table("sessions", cols, _rows(ranked.head(MAX_SESSION_ROWS)), ses.height, "sessions.parquet")
+
+    if t0 is None:
+        return table, [], {}
+    end_all = ses.select(pl.max_horizontal(pl.col("opened_ts").max(), pl.col("closed_ts").max())).item()
+    timeline: list[SessionBar] = []
+    open_series: dict[str, list[tuple[float, int]]] = {}
+    rows = ses.sort("opened_ts").iter_rows(named=True)
+    if ses.height <= MAX_TIMELINE_SESSIONS:
+        for r in rows:
+            if r["opened_ts"] is None:
+                continue
+            end = r["closed_ts"] or end_all
+            timeline.append(
+                SessionBar(r["lane"], (r["opened_ts"] - t0).total_seconds(), (end - t0).total_seconds(), r["ended_by"], bool(r["leaked"]))
+            )
+    else:  # too many to draw one by one: open sessions over time, per process (busiest lanes)
+        events: dict[str, list[tuple[float, int]]] = defaultdict(list)
+        for r in rows:
+            if r["opened_ts"] is None:
+                continue
+            events[r["lane"]].append(((r["opened_ts"] - t0).total_seconds(), 1))
+            if r["closed_ts"] is not None:
+                events[r["lane"]].append(((r["closed_ts"] - t0).total_seconds(), -1))
+        busiest = Counter({lane: len(ev) for lane, ev in events.items()}).most_common(8)
+        for lane, _n in busiest:
+            level, series = 0, [(0.0, 0)]
+            for t, d in sorted(events[lane]):
+                level += d
+                series.append((t, level))
+            series.append(((end_all - t0).total_seconds(), level))
+            open_series[lane] = series
+    return table, timeline, open_series
+
+
+def _processes(df: pl.DataFrame | None) -> Table:
+    cols = [
+        Column("lane", "process", "text"),
+        Column("sessions", "sessions", "int"),
+        Column("max_concurrent_sessions", "max open", "int"),
+        Column("logins", "logins", "int"),
+        Column("logouts", "logouts", "int"),
+        Column("logins_without_logout", "logins w/o logout", "int"),
+        Column("finalized", "C_Finalize", "bool"),
+    ]
+    if df is None or not df.height:
+        return Table("processes", cols, [], 0, "processes.parquet")
+    df = df.with_columns(
+        lane=pl.struct("source", "process", "pid").map_elements(
+            lambda s: lane_name(s["source"], s["process"], s["pid"]), return_dtype=pl.String
+        )
+    ).sort(["source", "process"])
+    return Table("processes", cols, _rows(df.head(MAX_PROCESS_ROWS)), df.height, "processes.parquet")
+
+
+def _mechanisms(df: pl.DataFrame | None) -> Table:
+    cols = [
+        Column("mechanism", "mechanism", "code"),
+        Column("family", "family", "text"),
+        Column("calls", "calls", "int"),
+        Column("errors", "errors", "int"),
+        Column("p50_ms", "p50 ms", "ms"),
+        Column("p95_ms", "p95 ms", "ms"),
+    ]
+    if df is None or not df.height:
+        return Table("mechanisms", cols, [], 0, "mechanisms.parquet", "no call named a mechanism")
+    df = df.sort(["calls", "mechanism"], descending=[True, False])
+    return Table("mechanisms", cols, _rows(df.head(MAX_MECHANISM_ROWS)), df.height, "mechanisms.parquet")
+
+
+def _findings(df: pl.DataFrame) -> tuple[list[FindingGroup], dict[str, int]]:
+    by_sev = {s: 0 for s in SEVERITIES}
+    if not df.height:
+        return [], by_sev
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
+    for r in df.iter_rows(named=True):
+        groups[(r["severity"], r["code"])].append(r)
+        by_sev[r["severity"]] = by_sev.get(r["severity"], 0) + 1
+    out = []
+    for (sev, code), rows in sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], 9), -len(kv[1]), kv[0][1])):
+        rows.sort(key=lambda r: (r["source"] or "", r["line"] if r["line"] is not None else -1))
+        items = [FindingRef(r["source"], r["line"], r["message"], int(r["count"] or 1)) for r in rows[:MAX_FINDINGS_PER_CODE]]
+        out.append(FindingGroup(sev, code, len(rows), sum(int(r["count"] or 1) for r in rows), items))
+    return out, by_sev
