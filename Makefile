@@ -4,7 +4,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup system-deps demo test bench clean
+.PHONY: setup system-deps demo test bench clean sample-logs
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,6 +22,14 @@ demo: setup
 
 test: setup
 	$(VENV)/bin/pytest -q
+
+# Remake the small driver traces in sample-logs/ (real SoftHSM2 through pkcs11-spy, fixed seeds).
+sample-logs: setup
+	$(VENV)/bin/p11lens drive --workload smoke --seed 1 -o sample-logs/smoke.log
+	$(VENV)/bin/p11lens drive --workload mixed --ops 300 --seed 1 -o sample-logs/mixed.log
+	$(VENV)/bin/p11lens drive --workload errors --seed 1 -o sample-logs/errors.log
+	$(VENV)/bin/p11lens drive --workload threads --ops 80 --threads 4 --seed 1 -o sample-logs/threads.log
+	$(VENV)/bin/p11lens drive --workload processes --ops 60 --processes 3 --seed 1 -o sample-logs/processes.log
 
 bench: setup
 	$(PY) bench/run.py

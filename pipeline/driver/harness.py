@@ -164,7 +164,7 @@ def _merge(lab: Lab, opts: DriveOptions, plans: list[dict[str, Any]], parts: lis
         "threads": opts.threads if opts.workload == "threads" else 1,
         "processes": processes,
         "trace": str(opts.trace), "append": opts.append, "trace_offset": offset0,
-        "spy": str(lab.spy), "module": str(lab.module), "softhsm2_conf_used": lab.softhsm_conf is not None,
+        "spy": str(lab.spy), "module": str(lab.module), "library": parts[0].get("library", {}), "softhsm2_conf_used": lab.softhsm_conf is not None,
         "token_label": lab.token_label,
         "pins": pins,
         "started": started,

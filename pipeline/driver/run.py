@@ -74,7 +74,7 @@ def main(argv: list[str]) -> int:
         status = EXIT_FATAL
     write_json(Path(config["out"]), {
         "process": runner.process, "pid": runner.pid, "status": status, "ops": runner.ops,
-        "sessions": list(runner.session_truth.values()), "auth": runner.auth,
+        "sessions": list(runner.session_truth.values()), "auth": runner.auth, "library": runner.library,
     })
     return status
 

@@ -89,6 +89,7 @@ class Runner:
     ops: list[OpTruth] = field(default_factory=list)
     session_truth: dict[str, SessionTruth] = field(default_factory=dict)
     auth: list[AuthTruth] = field(default_factory=list)
+    library: dict[str, str] = field(default_factory=dict)  # C_GetInfo of the module behind the spy
     pid: int = field(default_factory=os.getpid)
 
     # -- the step loop -------------------------------------------------------------------------
@@ -152,6 +153,9 @@ class Runner:
         import pkcs11
 
         self.lib = pkcs11.lib(str(self.spy))
+        self.library = {"manufacturer": self.lib.manufacturer_id, "description": self.lib.library_description,
+                        "version": ".".join(map(str, self.lib.library_version)),
+                        "cryptoki": ".".join(map(str, self.lib.cryptoki_version))}
         self.raw = ctypes.CDLL(str(self.spy))  # same mapping: dlopen returns the loaded library
         for name in ("C_Login", "C_Logout"):
             getattr(self.raw, name).restype = ctypes.c_ulong
