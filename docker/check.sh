@@ -25,6 +25,9 @@
 #                                           (default: a fresh temp dir, kept for inspection)
 #   P11LENS_REBUILD_BASE=1                  drop the cached base and debootstrap it again
 #   STORAGE_DRIVER=vfs                      containers/storage driver, if overlay is unavailable
+#
+# Disk: the build cache (buildah --layers) keeps earlier builds' layers; `buildah rmi --prune`
+# frees them (the next build then downloads the Python dependencies again).
 set -euo pipefail
 
 IMAGE=${P11LENS_IMAGE:-p11lens}
@@ -53,9 +56,10 @@ command -v debootstrap >/dev/null || missing+=(debootstrap)
 if [ ${#missing[@]} -gt 0 ]; then
     info "installing: ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq || fail "apt-get update failed"
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || fail "apt-get install ${missing[*]} failed"
+    apt_log=$(mktemp /tmp/p11lens-apt.XXXXXX.log)
+    { apt-get update -qq && apt-get install -y -qq --no-install-recommends "${missing[@]}"; } > "$apt_log" 2>&1 \
+        || { tail -n 20 "$apt_log" >&2; fail "apt-get install ${missing[*]} failed (log: $apt_log)"; }
+    rm -f "$apt_log"
 fi
 info "$(buildah --version); $(podman --version); debootstrap $(dpkg-query -W -f='${Version}' debootstrap)"
 
@@ -171,7 +175,7 @@ if have_image "$BASE"; then
 elif timeout 120 buildah pull -q "$BASE" >/dev/null 2>&1; then
     info "pulled from the registry"
 else
-    info "not in local storage and cannot be pulled: making it with debootstrap"
+    info "not in local storage and cannot be pulled: importing a debootstrapped one"
     if [ -s "$BASE_TAR" ]; then
         info "reusing the cached base $BASE_TAR"
     else
