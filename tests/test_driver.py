@@ -363,6 +363,13 @@ def test_one_subprocess_error_has_no_traceback(tmp_path):
     assert_one_line_error(result, "no such file")
 
 
+def test_a_spy_that_is_not_a_spy_is_reported(tmp_path, capsys):
+    """--spy pointing at the module itself: the workload runs, but no trace appears."""
+    code = cli_main(["drive", "--workload", "smoke", "--spy", lab_mod.find_module(None).as_posix(),
+                     "-o", str(tmp_path / "t.log")])
+    assert_one_line_error((code, capsys.readouterr().err), "the spy wrote nothing")
+
+
 def test_non_empty_lab_is_refused(tmp_path, capsys):
     (tmp_path / "lab").mkdir()
     (tmp_path / "lab" / "keep.txt").write_text("mine")

@@ -53,6 +53,7 @@ def truth_path(trace: Path) -> Path:
 def drive(opts: DriveOptions) -> dict[str, Any]:
     """Drive one workload; returns the truth it also writes to ``<trace>.truth.json``."""
     _check_sizes(opts)
+    _check_client()
     module, spy = find_module(opts.module), find_spy(opts.spy)
     offset0 = _prepare_trace(opts.trace, opts.append)
     root, temporary = _lab_dir(opts.lab)
@@ -68,6 +69,13 @@ def drive(opts: DriveOptions) -> dict[str, Any]:
             shutil.rmtree(root, ignore_errors=True)
     write_json(truth_path(opts.trace), truth)
     return truth
+
+
+def _check_client() -> None:
+    """The expected call sequences are python-pkcs11 0.10's; say so when another one runs them."""
+    found = _version("python-pkcs11")
+    if found and not found.startswith("0.10."):
+        log.warning("python-pkcs11 %s: expected_calls are written for 0.10.x and may not match", found)
 
 
 def _check_sizes(opts: DriveOptions) -> None:
@@ -130,14 +138,22 @@ def _run_children(lab: Lab, opts: DriveOptions, plans: list[dict[str, Any]], roo
 
 
 def _collect(i: int, proc: subprocess.Popen, root: Path) -> dict[str, Any]:
+    """Wait for a child; pass on its own messages only.
+
+    Anything else on its stderr came from the spy or the module (a spy that cannot open its
+    output writes the whole trace, PINs included, to stderr), so it is counted, never echoed.
+    """
     _, err = proc.communicate()
-    for line in err.splitlines():
-        if line.strip():
-            log.warning("process %d: %s", i, line.removeprefix("p11lens: "))
+    ours = [ln.removeprefix("p11lens: ") for ln in err.splitlines() if ln.startswith("p11lens: ")]
+    for line in ours:
+        log.warning("process %d: %s", i, line)
+    other = sum(1 for ln in err.splitlines() if ln.strip() and not ln.startswith("p11lens: "))
+    if other:
+        log.warning("process %d: %d other line(s) on stderr from the spy or the module, not shown", i, other)
     part_file = root / f"part-{i}.json"
     if proc.returncode != 0 or not part_file.exists():
-        last = next((ln for ln in reversed(err.splitlines()) if ln.strip()), f"exit status {proc.returncode}")
-        raise P11lensError(f"workload process {i} failed: {last.removeprefix('p11lens: ')}")
+        last = ours[-1] if ours else f"exit status {proc.returncode}"
+        raise P11lensError(f"workload process {i} failed: {last}")
     part = read_json(part_file)
     part["exit_code"] = proc.returncode
     return part
@@ -154,6 +170,8 @@ def _merge(lab: Lab, opts: DriveOptions, plans: list[dict[str, Any]], parts: lis
                       key=lambda s: s["opened_op"])
     auth = sorted((_remap(a, remap, ("op",)) for part in parts for a in part["auth"]), key=lambda a: a["op"])
     data = opts.trace.read_bytes()
+    if len(data) == offset0:
+        raise P11lensError(f"the spy wrote nothing to {str(opts.trace)!r}: is {str(lab.spy)!r} OpenSC's pkcs11-spy?")
     for op, lines in zip(ops, line_ranges(data, [op["trace_bytes"] for op in ops])):
         op["trace_lines"] = lines
     processes = _processes(parts, ops, plans, data[:offset0].count(BANNER))
