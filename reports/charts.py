@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from reports.model import Bucket, SessionBar  # noqa: E402
+from reports.model import Bucket, SessionBar, Timeline  # noqa: E402
 
 W = 12.0  # inches: at the page's ~1140 px width, 9 pt text shows at ~12 px
 INK = "#1f2933"
@@ -95,6 +95,21 @@ def _time_unit(span_s: float) -> tuple[float, str]:
     return 86400.0, "days"
 
 
+def _ms_axis(ax, top: float) -> None:
+    """Linear up to 50 ms; beyond, symlog with plain 0, 1, 2, 5, 10, 20, 50 ... ticks."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    if top <= 50:
+        ax.set_xlim(left=-0.02 * top)
+        return
+    ax.set_xscale("symlog", linthresh=1, linscale=0.4)
+    ticks = [0.0] + [m * 10**e for e in range(0, 8) for m in (1, 2, 5) if m * 10**e <= top * 1.05]
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _p: f"{v:,.0f}"))
+    ax.set_xlim(left=0, right=top * 1.1)
+
+
 def latency_chart(rows: list[dict]) -> str:
     """Per function (busiest first): a bar from p50 to p99 with p50, p95, p99 and max marked."""
     if not rows:
@@ -114,10 +129,7 @@ def latency_chart(rows: list[dict]) -> str:
         ax.scatter(mx, ys, marker="x", s=18, color=MUTED, zorder=3, label="max")
         ax.set_yticks(ys, names, fontfamily="monospace")
         ax.set_ylim(-0.7, n - 0.3)
-        top = max(mx + p99 + [1])
-        if top > 50:
-            ax.set_xscale("symlog", linthresh=1, linscale=0.4)
-        ax.set_xlim(left=-0.02 * top if top <= 50 else 0)
+        _ms_axis(ax, max(mx + p99 + [1]))
         ax.set_xlabel("ms between a call's entry and the next entry in its thread (upper bound, 1 ms resolution)")
         ax.grid(axis="y", visible=False)
         ax.legend(ncol=4, loc="lower right", bbox_to_anchor=(1, 1.0), borderaxespad=0.2)
@@ -148,8 +160,8 @@ def activity_chart(buckets: list[Bucket]) -> str:
         ax.set_ylabel(f"calls per {_fmt_seconds(buckets[0].seconds)}")
         ax.legend(loc="lower right", bbox_to_anchor=(1, 1.0), ncol=2, borderaxespad=0.2)
         ax.grid(axis="x", visible=False)
-        px = [x + width / 2 for x, v in zip(xs, p95) if v is not None]
-        py = [v for v in p95 if v is not None]
+        px = [x + width / 2 for x in xs]
+        py = [float("nan") if v is None else v for v in p95]  # no calls in a bucket: a gap, not a line
         ax2.plot(px, py, color=BLUE, linewidth=1.4, marker="o" if len(px) <= 60 else None, markersize=3)
         ax2.set_ylabel("p95 ms")
         ax2.set_ylim(bottom=0)
@@ -185,11 +197,17 @@ def _pack(bars: Iterable[SessionBar]) -> list[tuple[SessionBar, int]]:
     return out
 
 
-def sessions_chart(bars: list[SessionBar], open_series: dict[str, list[tuple[float, int]]], t0) -> str:
-    if bars:
-        return _timeline(bars, t0)
-    if open_series:
-        return _open_sessions(open_series, t0)
+def _since(unit: str, origin) -> str:
+    if origin is None:
+        return f"{unit} since each process's first call"
+    return f"{unit} since {origin:%Y-%m-%d %H:%M:%S}.{origin.microsecond // 1000:03d}"
+
+
+def sessions_chart(timeline: Timeline) -> str:
+    if timeline.bars:
+        return _timeline(timeline.bars, timeline.origin)
+    if timeline.open_sessions:
+        return _open_sessions(timeline.open_sessions, timeline.origin)
     return ""
 
 
@@ -222,7 +240,7 @@ def _timeline(bars: list[SessionBar], t0) -> str:
         ax.set_ylim(y, -0.1)
         ax.set_xlim(0, span / div * 1.01)
         ax.grid(axis="y", visible=False)
-        ax.set_xlabel(f"{unit} since {t0:%Y-%m-%d %H:%M:%S}.{t0.microsecond // 1000:03d}")
+        ax.set_xlabel(_since(unit, t0))
         seen = [k for k in ENDED_COLORS if any(b.ended_by == k for b in bars)]
         ax.legend(handles=[Patch(color=ENDED_COLORS[k], label=ENDED_LABELS[k]) for k in seen], loc="lower right",
                   bbox_to_anchor=(1, 1.0), ncol=len(seen), borderaxespad=0.2)
@@ -239,7 +257,7 @@ def _open_sessions(series: dict[str, list[tuple[float, int]]], t0) -> str:
         ax.set_ylabel("open sessions")
         ax.set_ylim(bottom=0)
         ax.set_xlim(0, span / div)
-        ax.set_xlabel(f"{unit} since {t0:%Y-%m-%d %H:%M:%S}.{t0.microsecond // 1000:03d}")
+        ax.set_xlabel(_since(unit, t0))
         ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7)
         return to_svg(fig, "sessions", "Open sessions over time per process")
 
@@ -262,10 +280,7 @@ def compare_chart(rows: list[dict]) -> str:
         ax.scatter(c, ys, color=BLUE, s=26, zorder=3, label="candidate p95")
         ax.set_yticks(ys, [r["func"] for r in rows], fontfamily="monospace")
         ax.set_ylim(-0.7, n - 0.3)
-        top = max(b + c + [1])
-        if top > 50:
-            ax.set_xscale("symlog", linthresh=1, linscale=0.4)
-        ax.set_xlim(left=-0.02 * top if top <= 50 else 0)
+        _ms_axis(ax, max(b + c + [1]))
         ax.set_xlabel("p95 ms (upper bound, 1 ms resolution)")
         ax.grid(axis="y", visible=False)
         ax.legend(ncol=2, loc="lower right", bbox_to_anchor=(1, 1.0), borderaxespad=0.2)

@@ -16,6 +16,7 @@ from pathlib import Path
 import polars as pl
 
 from reports.model import (
+    NO_RETURN,
     REQUIRED,
     STAGES,
     Column,
@@ -85,6 +86,7 @@ class SideBySide:
     cand: float | None
     kind: str  # how to format base / cand
     delta_kind: str  # how to format the delta
+    worse_up: bool = True  # False: a change is neither good nor bad (calls, sessions)
 
     @property
     def delta(self) -> float | None:
@@ -157,7 +159,6 @@ def compare_runs(base_dir: Path | str, cand_dir: Path | str, thresholds: list[Th
         Column("p95_rel", "Δ p95", "dpct"),
         Column("p99_ms_b", "p99 base", "ms"),
         Column("p99_ms_c", "p99 cand", "ms"),
-        Column("p99_ms_d", "Δ p99 ms", "dms"),
     ]
     latency = Table("cmp-latency", lat_cols, lat_sorted.head(MAX_ROWS).to_dicts(), lat_sorted.height, "latency.parquet")
     chart_rows = lat_sorted.filter(pl.col("status") == "").head(15).to_dicts()
@@ -173,7 +174,7 @@ def compare_runs(base_dir: Path | str, cand_dir: Path | str, thresholds: list[Th
         "cmp-mix",
         [Column("func", "function", "code"), Column("status", "only in", "text"), Column("count_b", "calls base", "int"),
          Column("share_b", "share base", "pct"), Column("count_c", "calls cand", "int"),
-         Column("share_c", "share cand", "pct"), Column("share_d", "Δ share", "dpp")],
+         Column("share_c", "share cand", "pct"), Column("share_d", "Δ share", "dpp", trend=False)],
         mix_df.head(MAX_ROWS).to_dicts(),
         mix_df.height,
         "latency.parquet",
@@ -181,10 +182,11 @@ def compare_runs(base_dir: Path | str, cand_dir: Path | str, thresholds: list[Th
 
     # return codes per function: new and vanished (everything but CKR_OK)
     key = ["func", "rv"]
-    eb = base.errors_per_func.filter(pl.col("category") != "ok")
-    ec = cand.errors_per_func.filter(pl.col("category") != "ok")
-    new_rv = ec.join(eb.select(key), on=key, how="anti").sort(["count", "func"], descending=[True, False])
-    gone_rv = eb.join(ec.select(key), on=key, how="anti").sort(["count", "func"], descending=[True, False])
+    no_ret = pl.when(pl.col("rv").is_null()).then(pl.lit(NO_RETURN)).otherwise(pl.col("rv_name")).alias("rv_name")
+    eb = base.errors_per_func.filter(pl.col("category") != "ok").with_columns(no_ret)
+    ec = cand.errors_per_func.filter(pl.col("category") != "ok").with_columns(no_ret)
+    new_rv = ec.join(eb.select(key), on=key, how="anti", nulls_equal=True).sort(["count", "func"], descending=[True, False])
+    gone_rv = eb.join(ec.select(key), on=key, how="anti", nulls_equal=True).sort(["count", "func"], descending=[True, False])
     rv_cols = [Column("func", "function", "code"), Column("rv_name", "return value", "code"), Column("rv", "code", "hex"),
                Column("category", "category", "category"), Column("count", "calls", "int")]
     rv_new = Table("cmp-rv-new", rv_cols + [Column("first_ts", "first seen", "ts")], new_rv.head(MAX_ROWS).to_dicts(),
@@ -253,10 +255,10 @@ def compare_runs(base_dir: Path | str, cand_dir: Path | str, thresholds: list[Th
 
     br, cr = base.report, cand.report
     summary = [
-        SideBySide("calls", base.calls, cand.calls, "int", "dint"),
+        SideBySide("calls", base.calls, cand.calls, "int", "dint", False),
         SideBySide("error returns", base.error_count, cand.error_count, "int", "dint"),
         SideBySide("error rate", base.error_count / bt if base.calls else None, cand.error_count / ct if cand.calls else None, "pct", "dpp"),
-        SideBySide("sessions", br.session_count, cr.session_count, "int", "dint"),
+        SideBySide("sessions", br.session_count, cr.session_count, "int", "dint", False),
         SideBySide("sessions left open", br.sessions_leaked, cr.sessions_leaked, "int", "dint"),
         SideBySide("p95 latency (all calls)", br.overall_p95_ms, cr.overall_p95_ms, "ms", "dms"),
         SideBySide("findings", sum(br.findings_by_severity.values()), sum(cr.findings_by_severity.values()), "int", "dint"),

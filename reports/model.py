@@ -29,6 +29,7 @@ MANIFEST = "manifest.json"
 STAGES = ("latency", "latency_over_time", "errors", "sessions", "processes", "mechanisms", "findings")
 REQUIRED = ("latency", "errors", "sessions", "findings")
 SEVERITIES = ("high", "medium", "low", "info")
+NO_RETURN = "(no return)"  # the rv_name shown for records without a Returned: line
 
 # Caps that keep a report of a 100k-call (or 100M-call) trace small: rows beyond them are
 # summarised in a note that points at the Parquet file holding all of them.
@@ -39,7 +40,8 @@ MAX_SESSION_ROWS = 100
 MAX_PROCESS_ROWS = 50
 MAX_MECHANISM_ROWS = 40
 MAX_FINDINGS_PER_CODE = 12
-MAX_TIMELINE_SESSIONS = 120  # above this the sessions chart shows open sessions over time
+MAX_TIMELINE_SESSIONS = 120  # bars in the sessions chart (whole processes, leaking ones first)
+MAX_TIMELINE_LANES = 12  # processes in the sessions chart
 MAX_INPUT_ROWS = 50
 
 
@@ -53,6 +55,7 @@ class Column:
     label: str
     kind: str = "text"  # text | code | id | int | ms | pct | ts | bytes | bool | hash | hex | ref | num | category
     title: str = ""  # a tooltip / footnote for the header
+    trend: bool = True  # deltas: colour a rise as worse (red) and a fall as better (green)
 
     @property
     def numeric(self) -> bool:
@@ -178,11 +181,30 @@ class SessionBar:
 
 
 @dataclass(frozen=True)
+class Timeline:
+    """What the sessions chart draws: one bar per session, or (too many sessions) the number of
+    open sessions over time per process.  Times are seconds from ``origin`` (one clock for the
+    whole trace) or, when ``relative``, from each process's first call."""
+
+    bars: list[SessionBar]
+    open_sessions: dict[str, list[tuple[float, int]]]
+    relative: bool
+    origin: datetime | None
+    lanes_drawn: int = 0
+    lanes_total: int = 0
+
+
+@dataclass(frozen=True)
 class FindingRef:
     source: str | None
     line: int | None
     message: str
     count: int
+    lines: tuple[int, ...] = ()  # further record lines (the stage keeps the first 20)
+
+    @property
+    def more_lines(self) -> list[int]:
+        return [n for n in self.lines if n != self.line]
 
     @property
     def ref(self) -> str:
@@ -222,8 +244,7 @@ class Report:
     sessions: Table
     session_count: int
     sessions_leaked: int
-    timeline: list[SessionBar]  # empty when there are too many sessions to draw one by one
-    open_sessions: dict[str, list[tuple[float, int]]]  # lane → step series, when aggregated
+    timeline: Timeline
     processes: Table
     mechanisms: Table
     findings: list[FindingGroup]
@@ -263,9 +284,10 @@ def read_manifest(out_dir: Path) -> dict:
 
 
 def is_secret_code(code: str) -> bool:
-    """Finding codes that mean secret material (PINs, key values, plaintext) is in the trace."""
+    """Finding codes that mean secret material is in the trace: ``secret-*`` (PINs, key values)
+    and ``*-in-trace`` (plaintext, wrapped keys, operation state, signed data, random bytes)."""
     c = code.lower()
-    return "secret" in c or "pin-in" in c or "pin_in" in c or "plaintext" in c or "key-value" in c
+    return c.startswith("secret") or c.endswith("-in-trace")
 
 
 def load_report(out_dir: Path | str) -> Report:
@@ -281,6 +303,8 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
     ses = frames["sessions"]
     fnd = frames["findings"]
 
+    err = err.with_columns(rv_name=pl.when(pl.col("rv").is_null() & pl.col("rv_name").is_null())
+                           .then(pl.lit(NO_RETURN)).otherwise(pl.col("rv_name")))
     per_rv = err.filter(pl.col("func").is_null())
     per_func_rv = err.filter(pl.col("func").is_not_null())
     first_ts = per_rv["first_ts"].min() if per_rv.height else None
@@ -351,7 +375,7 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
     )
     errors_by_func = Table(
         "errors-func",
-        [Column("func", "function", "code")] + err_cols[:3] + [Column("count", "calls", "int"),
+        [Column("func", "function", "code"), err_cols[0], err_cols[2], Column("count", "calls", "int"),
                                                                Column("share", "of its calls", "pct")] + err_cols[5:],
         _rows(not_ok.head(MAX_ERROR_ROWS)),
         not_ok.height,
@@ -359,7 +383,7 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
         "every call returned CKR_OK",
     )
 
-    sessions_table, timeline, open_series = _sessions(ses, first_ts)
+    sessions_table, timeline = _sessions(ses, first_ts, frames["processes"])
     processes = _processes(frames["processes"])
     mechanisms = _mechanisms(frames["mechanisms"])
 
@@ -377,7 +401,6 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
         session_count=ses.height,
         sessions_leaked=leaked,
         timeline=timeline,
-        open_sessions=open_series,
         processes=processes,
         mechanisms=mechanisms,
         findings=findings,
@@ -433,8 +456,15 @@ def _run_info(out_dir: Path, m: dict, first_ts, last_ts) -> RunInfo:
         ),
         first_ts=first_ts,
         last_ts=last_ts,
-        stages=sorted(stages) if isinstance(stages, (dict, list)) else [],
+        stages=_stage_names(stages),
     )
+
+
+def _stage_names(stages: Any) -> list[str]:
+    if isinstance(stages, dict):
+        outputs = stages.get("outputs")
+        return sorted(outputs) if isinstance(outputs, dict) else sorted(k for k in stages if k in STAGES)
+    return sorted(stages) if isinstance(stages, list) else []
 
 
 def _overall_p95(out_dir: Path, lat: pl.DataFrame) -> float | None:
@@ -447,15 +477,16 @@ def _overall_p95(out_dir: Path, lat: pl.DataFrame) -> float | None:
     calls = out_dir / "calls.parquet"
     if not calls.exists():
         return None
-    key = ["source", "process", "pid", "tid"]
-    lf = pl.scan_parquet(calls).select(key + ["line", "ts", "uncertain"]).sort(["source", "process", "line"])
-    gap = (pl.col("ts").shift(-1).over(key) - pl.col("ts")).dt.total_milliseconds()
-    value = (
-        lf.with_columns(gap=pl.when(pl.col("uncertain")).then(None).otherwise(gap))
-        .select(pl.col("gap").cast(pl.Float64).quantile(0.95, "linear"))
-        .collect()
-        .item()
-    )
+    try:  # the stages' own per-call latency, so the figure matches latency.parquet exactly
+        from pipeline.stages.common import derive
+
+        value = derive(pl.scan_parquet(calls)).select(pl.col("latency_ms").cast(pl.Float64).quantile(0.95, "linear")).collect().item()
+    except ImportError:  # pragma: no cover - stages not installed
+        key = ["source", "process", "pid", "tid"]
+        lf = pl.scan_parquet(calls).sort(["source", "process", "line"])
+        gap = (pl.col("ts").shift(-1).over(key) - pl.col("ts")).dt.total_milliseconds()
+        value = lf.select(pl.when(pl.col("uncertain") | ~pl.col("complete")).then(None).otherwise(gap).cast(pl.Float64)
+                          .quantile(0.95, "linear")).collect().item()
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 
@@ -475,9 +506,9 @@ def lane_name(source: str, process: int, pid: int | None) -> str:
     return f"{name} #{process}" + (f" (pid {pid})" if pid is not None else "")
 
 
-def _sessions(ses: pl.DataFrame, t0: datetime | None):
+def _sessions(ses: pl.DataFrame, t0: datetime | None, procs: pl.DataFrame | None):
     cols = [
-        Column("lane", "process", "text"),
+        Column("lane", "process", "lane"),
         Column("session", "handle", "id"),
         Column("slot", "slot", "id"),
         Column("rw", "rw", "bool"),
@@ -488,10 +519,10 @@ def _sessions(ses: pl.DataFrame, t0: datetime | None):
         Column("errors", "errors", "int"),
         Column("user_type", "login", "code"),
         Column("operations", "operations", "int"),
-        Column("ref", "opened at", "ref"),
+        Column("open_line", "line", "id", "line of the C_OpenSession record in the process's log"),
     ]
     if not ses.height:
-        return Table("sessions", cols, [], 0, "sessions.parquet", "no sessions were opened"), [], {}
+        return Table("sessions", cols, [], 0, "sessions.parquet", "no sessions were opened"), Timeline([], {}, False, None)
     ses = ses.with_columns(
         lane=pl.struct("source", "process", "pid").map_elements(
             lambda s: lane_name(s["source"], s["process"], s["pid"]), return_dtype=pl.String
@@ -504,48 +535,105 @@ def _sessions(ses: pl.DataFrame, t0: datetime | None):
     table = Table("sessions", cols, _rows(ranked.head(MAX_SESSION_ROWS)), ses.height, "sessions.parquet")
 
     if t0 is None:
-        return table, [], {}
-    end_all = ses.select(pl.max_horizontal(pl.col("opened_ts").max(), pl.col("closed_ts").max())).item()
-    timeline: list[SessionBar] = []
+        return table, Timeline([], {}, False, None)
+    spans = _lane_spans(ses, procs)
+    # separate logs recorded at different times leave a global axis mostly empty: then each
+    # process gets its own clock (time since its first call) so its sessions stay readable
+    glob0 = min(a for a, _b in spans.values())
+    glob1 = max(b for _a, b in spans.values())
+    relative = len(spans) > 1 and _covered(list(spans.values())) < 0.4 * max((glob1 - glob0).total_seconds(), 1e-9)
+    origin = {lane: (a if relative else glob0) for lane, (a, _b) in spans.items()}
+    bars: list[SessionBar] = []
     open_series: dict[str, list[tuple[float, int]]] = {}
-    rows = ses.sort("opened_ts").iter_rows(named=True)
-    if ses.height <= MAX_TIMELINE_SESSIONS:
+    rows = [r for r in ses.sort("opened_ts").iter_rows(named=True) if r["opened_ts"] is not None]
+    per_lane: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        per_lane[r["lane"]].append(r)
+    # the processes to draw: those that leaked first, then the busiest, up to the bar budget
+    ranked = sorted(per_lane, key=lambda lane: (-sum(bool(r["leaked"]) for r in per_lane[lane]), -len(per_lane[lane]), lane))
+    chosen, budget = [], MAX_TIMELINE_SESSIONS
+    for lane in ranked:
+        if len(per_lane[lane]) > budget or len(chosen) >= MAX_TIMELINE_LANES:
+            break
+        chosen.append(lane)
+        budget -= len(per_lane[lane])
+    if chosen:
+        keep = set(chosen)
         for r in rows:
-            if r["opened_ts"] is None:
-                continue
-            end = r["closed_ts"] or end_all
-            timeline.append(
-                SessionBar(r["lane"], (r["opened_ts"] - t0).total_seconds(), (end - t0).total_seconds(), r["ended_by"], bool(r["leaked"]))
-            )
-    else:  # too many to draw one by one: open sessions over time, per process (busiest lanes)
-        events: dict[str, list[tuple[float, int]]] = defaultdict(list)
-        for r in rows:
-            if r["opened_ts"] is None:
-                continue
-            events[r["lane"]].append(((r["opened_ts"] - t0).total_seconds(), 1))
-            if r["closed_ts"] is not None:
-                events[r["lane"]].append(((r["closed_ts"] - t0).total_seconds(), -1))
-        busiest = Counter({lane: len(ev) for lane, ev in events.items()}).most_common(8)
-        for lane, _n in busiest:
+            if r["lane"] in keep:
+                o = origin[r["lane"]]
+                end = r["closed_ts"] or spans[r["lane"]][1]  # a leaked session lasts until its process's last call
+                bars.append(SessionBar(r["lane"], (r["opened_ts"] - o).total_seconds(), (end - o).total_seconds(), r["ended_by"], bool(r["leaked"])))
+    else:  # one process has too many sessions to draw one by one: open sessions over time
+        for lane in ranked[:6]:
+            o, events = origin[lane], []
+            for r in per_lane[lane]:
+                events.append(((r["opened_ts"] - o).total_seconds(), 1))
+                if r["closed_ts"] is not None:
+                    events.append(((r["closed_ts"] - o).total_seconds(), -1))
             level, series = 0, [(0.0, 0)]
-            for t, d in sorted(events[lane]):
+            for t, d in sorted(events):
                 level += d
                 series.append((t, level))
-            series.append(((end_all - t0).total_seconds(), level))
+            series.append(((spans[lane][1] - o).total_seconds(), level))
             open_series[lane] = series
-    return table, timeline, open_series
+    drawn = len(chosen) if chosen else len(open_series)
+    return table, Timeline(bars, open_series, relative, None if relative else glob0, drawn, len(per_lane))
+
+
+def _lane_spans(ses: pl.DataFrame, procs: pl.DataFrame | None) -> dict[str, tuple[datetime, datetime]]:
+    """First and last call time of each process lane (from processes.parquet when it has them)."""
+    spans: dict[str, tuple[datetime, datetime]] = {}
+    for r in ses.iter_rows(named=True):
+        if r["opened_ts"] is None:
+            continue
+        last = max(t for t in (r["opened_ts"], r["closed_ts"]) if t is not None)
+        a, b = spans.get(r["lane"], (r["opened_ts"], last))
+        spans[r["lane"]] = (min(a, r["opened_ts"]), max(b, last))
+    if procs is not None and {"first_ts", "last_ts"} <= set(procs.columns):
+        for p in procs.iter_rows(named=True):
+            lane = lane_name(p["source"], p["process"], p["pid"])
+            if lane in spans and p["first_ts"] is not None and p["last_ts"] is not None:
+                a, b = spans[lane]
+                spans[lane] = (min(a, p["first_ts"]), max(b, p["last_ts"]))
+    return spans
+
+
+def _covered(intervals: list[tuple[datetime, datetime]]) -> float:
+    """Seconds covered by the union of intervals."""
+    total, cur = 0.0, None
+    for a, b in sorted(intervals):
+        if cur is None or a > cur[1]:
+            if cur is not None:
+                total += (cur[1] - cur[0]).total_seconds()
+            cur = [a, b]
+        else:
+            cur[1] = max(cur[1], b)
+    if cur is not None:
+        total += (cur[1] - cur[0]).total_seconds()
+    return total
+
+
+def _present(cols: list[Column], df: pl.DataFrame | None, derived: tuple[str, ...] = ()) -> list[Column]:
+    """The columns the stage file actually has (stages may add columns; older files lack some)."""
+    if df is None:
+        return cols
+    return [c for c in cols if c.key in df.columns or c.key in derived]
 
 
 def _processes(df: pl.DataFrame | None) -> Table:
-    cols = [
-        Column("lane", "process", "text"),
+    cols = _present([
+        Column("lane", "process", "lane"),
+        Column("calls", "calls", "int"),
         Column("sessions", "sessions", "int"),
-        Column("max_concurrent_sessions", "max open", "int"),
+        Column("leaked_sessions", "left open", "int"),
+        Column("max_concurrent_sessions", "max open at once", "int"),
         Column("logins", "logins", "int"),
+        Column("login_failures", "failed logins", "int"),
         Column("logouts", "logouts", "int"),
         Column("logins_without_logout", "logins w/o logout", "int"),
         Column("finalized", "C_Finalize", "bool"),
-    ]
+    ], df, ("lane",))
     if df is None or not df.height:
         return Table("processes", cols, [], 0, "processes.parquet")
     df = df.with_columns(
@@ -557,14 +645,16 @@ def _processes(df: pl.DataFrame | None) -> Table:
 
 
 def _mechanisms(df: pl.DataFrame | None) -> Table:
-    cols = [
+    cols = _present([
         Column("mechanism", "mechanism", "code"),
         Column("family", "family", "text"),
         Column("calls", "calls", "int"),
         Column("errors", "errors", "int"),
+        Column("with_latency", "timed", "int"),
         Column("p50_ms", "p50 ms", "ms"),
         Column("p95_ms", "p95 ms", "ms"),
-    ]
+        Column("weakness", "weakness", "text"),
+    ], df)
     if df is None or not df.height:
         return Table("mechanisms", cols, [], 0, "mechanisms.parquet", "no call named a mechanism")
     df = df.sort(["calls", "mechanism"], descending=[True, False])
@@ -583,6 +673,9 @@ def _findings(df: pl.DataFrame) -> tuple[list[FindingGroup], dict[str, int]]:
     out = []
     for (sev, code), rows in sorted(groups.items(), key=lambda kv: (rank.get(kv[0][0], 9), -len(kv[1]), kv[0][1])):
         rows.sort(key=lambda r: (r["source"] or "", r["line"] if r["line"] is not None else -1))
-        items = [FindingRef(r["source"], r["line"], r["message"], int(r["count"] or 1)) for r in rows[:MAX_FINDINGS_PER_CODE]]
+        items = [
+            FindingRef(r["source"], r["line"], r["message"], int(r["count"] or 1), tuple(r.get("lines") or ()))
+            for r in rows[:MAX_FINDINGS_PER_CODE]
+        ]
         out.append(FindingGroup(sev, code, len(rows), sum(int(r["count"] or 1) for r in rows), items))
     return out, by_sev

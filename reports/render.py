@@ -192,7 +192,7 @@ def render(report: Report, fmt_name: str = "html") -> str:
         report.charts = {
             "latency": charts.latency_chart(report.latency_chart),
             "activity": charts.activity_chart(report.buckets),
-            "sessions": charts.sessions_chart(report.timeline, report.open_sessions, t0) if t0 else "",
+            "sessions": charts.sessions_chart(report.timeline) if t0 else "",
         }
     template = environment(fmt_name).get_template(f"report.{fmt_name}.j2")
     return template.render(r=report, run=report.run)
