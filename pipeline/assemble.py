@@ -23,6 +23,7 @@ truncated record does not taint the rest of a log.
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -88,18 +89,38 @@ def _same_process(record: _Open, pid: int | None) -> bool:
     return record.pid is None or pid is None or record.pid == pid
 
 
+@dataclass(frozen=True)
+class Start:
+    """Where an assembler starts in its source, for parsing a part of a file.
+
+    A worker of a parallel parse, or an incremental job, starts somewhere inside a log: it
+    needs the line number and banner index reached there, and it *owns* only a range of
+    lines (records whose header is in it, coverage of its lines); text before the range is
+    read only to warm up the state, text after it only to close the records it owns.
+    """
+
+    lines_before: int = 0  # lines in the source before the first text fed
+    process: int = 0  # banner index in force at that point
+    seen_content: bool = False  # a banner or record came before (the next banner is a new process)
+    own_from: int = 1
+    own_to: int = sys.maxsize
+
+
 class Assembler:
     """Per-source state: banners and processes, open records, counts and coverage."""
 
-    def __init__(self, source: str, emit: Callable[[CallRecord], None]) -> None:
+    def __init__(self, source: str, emit: Callable[[CallRecord], None], start: Start = Start()) -> None:
         self.source = source
         self.emit = emit
         self.coverage = Coverage()
         self.counts = Counts()
         self.dialects: set[str] = set()
-        self._process = 0
-        self._processes_used: set[int] = set()
-        self._pid_process: dict[int, int] = {}
+        self.line = start.lines_before
+        self.own_from, self.own_to = start.own_from, start.own_to
+        self._process = start.process
+        self._seen_content = start.seen_content
+        self.processes_used: set[int] = set()
+        self.pid_process: dict[int, int] = {}
         self._open: list[_Open] = []
         self._held: list[_Open] = []  # closed, but a call they overlapped may still claim their Returned
         self._headers = 0
@@ -109,17 +130,24 @@ class Assembler:
     def feed(self, text: str) -> None:
         """Consume one block of text that starts at a line start and ends after a newline."""
         self.dialects |= spy.dialect_hints(text)
-        line = self.coverage.lines
+        line = self.line
+        coverage = self.coverage
         for match, start, end in spy.scan(text):
             nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
             if match.group(1) is not None and self._fast_record(match, line, nlines):
-                self.coverage.blank_lines += 1  # the separator line in front of the header
-                self.coverage.record_lines += nlines - 1
+                if self.own_from <= line + 2 <= self.own_to:
+                    coverage.lines += nlines
+                    coverage.blank_lines += 1  # the separator line in front of the header
+                    coverage.record_lines += nlines - 1
             else:
                 for offset, one in enumerate(text[start:end].split("\n")[:nlines]):
                     self._slow_line(one, line + 1 + offset)
             line += nlines
-        self.coverage.lines = line
+        self.line = line
+
+    def owns_open_records(self) -> bool:
+        """True while a record whose header this assembler owns is still open or held."""
+        return any(r.line <= self.own_to for r in self._open) or any(r.line <= self.own_to for r in self._held)
 
     def finish(self) -> None:
         """End of input: records still open are incomplete."""
@@ -146,30 +174,36 @@ class Assembler:
     # --- the slow path ---
 
     def _slow_line(self, text: str, line: int) -> None:
+        owned = self.own_from <= line <= self.own_to
+        coverage = self.coverage
+        coverage.lines += owned
         units = spy.split_units(text) if text else [text]
         used = False
         for unit in units:
             kind, match = spy.classify(unit)
             if kind == "blank":
-                self.coverage.blank_lines += 1
+                coverage.blank_lines += owned
                 return
             if kind in ("banner", "load-result"):
-                self._banner(kind, match)
-                self.coverage.banner_lines += 1
+                self._banner(kind, match, owned)
+                coverage.banner_lines += owned
                 return
             used |= self._unit(kind, match, unit, line)
+        if not owned:
+            return
         if used:
-            self.coverage.record_lines += 1
+            coverage.record_lines += 1
         else:
-            self.coverage.add_unparsed(line)
+            coverage.add_unparsed(line)
 
-    def _banner(self, kind: str, match: re.Match[str]) -> None:
+    def _banner(self, kind: str, match: re.Match[str], owned: bool) -> None:
         if kind == "banner":
-            if self.counts.banners or self.counts.records or self._open:
+            if self._seen_content or self._open:
                 self._process += 1
-            self.counts.banners += 1
+            self._seen_content = True
+            self.counts.banners += owned
         elif match.group(0).startswith("Error:"):
-            self.counts.load_errors += 1
+            self.counts.load_errors += owned
 
     def _unit(self, kind: str, match: re.Match[str] | None, unit: str, line: int) -> bool:
         """Attach one unit to a record; False when it belongs to none (it is unparsed)."""
@@ -261,9 +295,12 @@ class Assembler:
         """
         if pid is None:
             return self._process
-        return self._pid_process.setdefault(pid, self._process)
+        return self.pid_process.setdefault(pid, self._process)
 
     def _emit(self, seq, func, line, process, pid, tid, ts, rv, rv_name, fields, end_line, uncertain) -> None:
+        self._seen_content = True
+        if not self.own_from <= line <= self.own_to:
+            return
         complete = rv is not None
         counts = self.counts
         counts.records += 1
@@ -273,7 +310,7 @@ class Assembler:
             counts.incomplete += 1
         if uncertain:
             counts.uncertain += 1
-        self._processes_used.add(process)
+        self.processes_used.add(process)
         self.emit(
             CallRecord(
                 self.source, process, pid, tid, seq, line, ts, func, rv, rv_name, complete,
@@ -287,4 +324,4 @@ class Assembler:
 
     @property
     def processes(self) -> int:
-        return max(len(self._processes_used), self.counts.banners)
+        return max(len(self.processes_used), self.counts.banners)

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from pipeline import __version__
-from pipeline.assemble import Assembler
+from pipeline import parallel
+from pipeline.assemble import Assembler, Counts, Coverage
 from pipeline.errors import InputError
 from pipeline.store import CallsWriter, atomic_path, ensure_dir, write_json
 from pipeline.stream import iter_blocks
@@ -77,8 +78,13 @@ def input_size(path: str) -> int | None:
     return None if path == STDIN else os.path.getsize(path)
 
 
-def parse_source(path: str, writer: CallsWriter, on_bytes: Callable[[int], None] | None = None) -> InputReport:
-    """Stream one log through the grammar into the writer's batches."""
+def parse_source(
+    path: str, writer: CallsWriter, on_bytes: Callable[[int], None] | None = None, workers: int = 1
+) -> InputReport:
+    """Stream one log through the grammar into the writer's batches (in parallel when it pays)."""
+    layout_tasks = parallel.plan(path, workers) if workers > 1 and path != STDIN else None
+    if layout_tasks is not None:
+        return _parse_parallel(path, writer, layout_tasks, on_bytes)
     digest = hashlib.sha256()
     size = 0
 
@@ -94,33 +100,64 @@ def parse_source(path: str, writer: CallsWriter, on_bytes: Callable[[int], None]
             assembler.feed(block)
             writer.flush_if_full()
     assembler.finish()
-    if size and assembler.counts.records == 0 and assembler.counts.banners == 0:
+    return _report(path, size, digest.hexdigest(), assembler.counts, assembler.coverage, assembler.dialects, assembler.processes)
+
+
+def _parse_parallel(path: str, writer: CallsWriter, layout_tasks, on_bytes) -> InputReport:
+    writer.flush()  # rows of earlier inputs go first
+    layout, results = parallel.parse_parallel(path, writer.path, layout_tasks, writer.parquet)
+    if on_bytes is not None:
+        on_bytes(layout.size)
+    counts, coverage = Counts(), Coverage()
+    for result in results:
+        for key, value in dataclasses.asdict(result.counts).items():
+            setattr(counts, key, getattr(counts, key) + value)
+        for key in ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines"):
+            setattr(coverage, key, getattr(coverage, key) + getattr(result.coverage, key))
+        for first, last in result.coverage.unparsed_spans:
+            if coverage.unparsed_spans and coverage.unparsed_spans[-1][1] == first - 1:
+                coverage.unparsed_spans[-1][1] = last
+            else:
+                coverage.unparsed_spans.append([first, last])
+    writer.written += counts.records
+    processes = max(len(set().union(*(r.processes_used for r in results))), counts.banners)
+    dialects = set().union(*(r.dialects for r in results))
+    return _report(path, layout.size, layout.sha256, counts, coverage, dialects, processes)
+
+
+def _report(path: str, size: int, sha256: str, counts: Counts, coverage: Coverage, dialects: set[str], processes: int) -> InputReport:
+    if size and counts.records == 0 and counts.banners == 0:
         raise InputError(f"{path} is not a pkcs11-spy log (no spy banner and no call record in {size} bytes)")
-    coverage = assembler.coverage
     log.info(
         "%s: %d records (%d incomplete), %d of %d lines unparsed",
-        path, assembler.counts.records, assembler.counts.incomplete, coverage.unparsed_lines, coverage.lines,
+        path, counts.records, counts.incomplete, coverage.unparsed_lines, coverage.lines,
     )
     return InputReport(
         path=path,
         size=size,
-        sha256=digest.hexdigest(),
-        dialects=sorted(assembler.dialects),
-        counts=dataclasses.asdict(assembler.counts),
-        processes=assembler.processes,
+        sha256=sha256,
+        dialects=sorted(dialects),
+        counts=dataclasses.asdict(counts),
+        processes=processes,
         coverage=dataclasses.asdict(coverage),
     )
 
 
-def parse_logs(paths: list[str], out_dir: Path, on_bytes: Callable[[int], None] | None = None) -> dict:
-    """Parse every input into one ``calls.parquet`` (rows tagged by ``source``); return the manifest."""
+def parse_logs(
+    paths: list[str], out_dir: Path, on_bytes: Callable[[int], None] | None = None, workers: int = 1
+) -> dict:
+    """Parse every input into one ``calls.parquet`` (rows tagged by ``source``); return the manifest.
+
+    With ``workers`` > 1 a large file is parsed by that many processes (`pipeline.parallel`);
+    the rows are the same, in the same order within each worker's range.
+    """
     check_inputs(paths)
     ensure_dir(out_dir)
     started = datetime.now(timezone.utc)
     with _collection_per_batch(), atomic_path(out_dir / CALLS_FILE) as tmp:
         writer = CallsWriter(tmp)
         try:
-            reports = [parse_source(path, writer, on_bytes) for path in paths]
+            reports = [parse_source(path, writer, on_bytes, workers) for path in paths]
         finally:
             writer.close()
     manifest = {

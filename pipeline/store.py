@@ -23,6 +23,7 @@ from pipeline.records import CALLS_SCHEMA, CallRecord
 
 COMPRESSION = "zstd"
 TS_FORMAT = "%Y-%m-%d %H:%M:%S%.3f"
+BATCH_ROWS = 16_384  # rows per Parquet row group: big enough to compress well, small enough to bound memory
 
 
 def ensure_dir(path: Path) -> Path:
@@ -90,11 +91,12 @@ def records_frame(rows: list[CallRecord]) -> pl.DataFrame:
 class CallsWriter:
     """Collects call records and appends them to ``calls.parquet`` in bounded batches."""
 
-    def __init__(self, tmp_path: Path, batch_rows: int = 32_768) -> None:
+    def __init__(self, path: Path, batch_rows: int | None = None) -> None:
+        self.path = path
         self.rows: list[CallRecord] = []
-        self.batch_rows = batch_rows
+        self.batch_rows = batch_rows or BATCH_ROWS
         self.written = 0
-        self._writer = pq.ParquetWriter(tmp_path, CALLS_SCHEMA, compression=COMPRESSION)
+        self.parquet = pq.ParquetWriter(path, CALLS_SCHEMA, compression=COMPRESSION)
 
     def flush_if_full(self) -> None:
         if len(self.rows) >= self.batch_rows:
@@ -104,14 +106,14 @@ class CallsWriter:
         if not self.rows:
             return
         table = records_frame(self.rows).to_arrow(compat_level=pl.CompatLevel.oldest()).cast(CALLS_SCHEMA)
-        self._writer.write_table(table)
+        self.parquet.write_table(table)
         self.written += len(self.rows)
-        self.rows = []
+        self.rows.clear()  # the same list: producers hold its bound ``append``
         gc.collect()  # the parse runs with automatic collection paused (see pipeline.parse)
 
     def close(self) -> None:
         self.flush()
-        self._writer.close()
+        self.parquet.close()
 
 
 def write_frame(frame: pl.LazyFrame | pl.DataFrame, path: Path) -> int:

@@ -125,3 +125,15 @@ def test_interrupted_run_leaves_no_half_written_parquet(tmp_path):
 @pytest.mark.parametrize("flag", ["--version", "--help"])
 def test_top_level_flags(flag):
     assert p11lens(flag).returncode == 0
+
+
+def test_many_batches_keep_every_row(tmp_path, monkeypatch):
+    """Rows survive batch flushes (a regression: rows after the first batch were once dropped)."""
+    from pipeline import store
+    from pipeline.parse import parse_logs
+
+    monkeypatch.setattr(store, "BATCH_ROWS", 7)
+    parse_logs([str(KEYGEN), str(MULTI)], tmp_path)
+    calls = pl.read_parquet(tmp_path / "calls.parquet")
+    assert calls.height == sum(header_counts(p.read_bytes()).total() for p in (KEYGEN, MULTI))
+    assert calls.select("source", "line").is_unique().all()

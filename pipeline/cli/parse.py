@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.progress import byte_progress
+from pipeline.parallel import default_workers
 from pipeline.parse import check_inputs, input_size, parse_logs
 
 
@@ -29,6 +30,10 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     """The inputs and output folder shared by ``parse`` and ``run``."""
     p.add_argument("logs", nargs="+", metavar="LOG", help="spy log file(s), or - for stdin")
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder (created if missing)")
+    p.add_argument(
+        "-j", "--workers", type=_positive, default=default_workers(), metavar="N",
+        help="worker processes for a large log (default: the CPUs available, %(default)s here)",
+    )
 
 
 def parse_with_progress(args: argparse.Namespace) -> dict:
@@ -36,7 +41,13 @@ def parse_with_progress(args: argparse.Namespace) -> dict:
     sizes = [input_size(path) for path in args.logs]
     total = None if None in sizes else sum(sizes)
     with byte_progress(total, "parse") as advance:
-        return parse_logs(args.logs, args.output, advance)
+        return parse_logs(args.logs, args.output, advance, args.workers)
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(text)
 
 
 def run(args: argparse.Namespace) -> int:
