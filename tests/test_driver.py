@@ -174,6 +174,32 @@ def test_session_and_created_handles_match(driver_run):
             assert sorted(gen[0]["created"]) == sorted(op["created"])
 
 
+def _source_step(truth: dict[str, Any], op: dict[str, Any]) -> dict[str, Any]:
+    """The args that say what went in: a verify/decrypt's are those of the sign/encrypt it checks."""
+    if "of" not in op["args"]:
+        return op["args"]
+    return next(o["args"] for o in truth["ops"] if o["args"].get("id") == op["args"]["of"])
+
+
+def test_mechanisms_and_input_lengths_match(driver_run):
+    truth, calls = driver_run["truth"], driver_run["calls"]
+    checked = 0
+    for op in truth["ops"]:
+        args, rows = _source_step(truth, op), rows_of(calls, op)
+        inits = [r for r in rows if r["func"] in ("C_SignInit", "C_VerifyInit", "C_EncryptInit", "C_DecryptInit", "C_DigestInit")]
+        if "mech" in args and inits:
+            assert inits[0]["mechanism"] == "CKM_" + args["mech"], (op["index"], inits[0]["line"])
+        if op["op"] in ("sign", "digest", "encrypt") and op["as_expected"] and op["expected_rv"]["name"] == "CKR_OK":
+            if args["parts"] == 1:  # the size query and the real call both carry the whole input
+                whole = [r["in_len"] for r in rows if r["func"] in ("C_Sign", "C_Digest", "C_Encrypt")]
+                assert whole == [args["data_len"]] * 2, (op["index"], whole)
+            else:  # one Update per part (encrypt: two per part, the size query repeats it)
+                ups = [r["in_len"] for r in rows if r["func"].endswith("Update")]
+                assert sum(ups[::2] if op["op"] == "encrypt" else ups) == args["data_len"], (op["index"], ups)
+            checked += 1
+    assert checked or driver_run["truth"]["workload"] == "errors"
+
+
 def test_logins_and_logouts_match(driver_run):
     truth, calls = driver_run["truth"], driver_run["calls"]
     parsed = calls.filter(pl.col("func").is_in(["C_Login", "C_Logout"])).to_dicts()
