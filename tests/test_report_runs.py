@@ -161,7 +161,7 @@ def text_table(text: str, heading: str) -> list[dict[str, str]]:
 
     rows = []
     for line in lines[2:]:
-        if not line.strip() or not line.startswith("  ") or line.startswith("  ("):
+        if not line.strip() or not line.startswith("  ") or line.startswith("  (showing"):
             break
         rows.append(dict(zip(cut(header), cut(line))))
     return rows

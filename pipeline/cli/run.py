@@ -7,6 +7,7 @@ import logging
 import time
 
 from pipeline.cli.parse import add_input_options, parse_with_progress, summary_line
+from pipeline.parse import check_inputs
 from reports.model import load_report
 from reports.render import FORMATS, write_reports
 
@@ -43,6 +44,7 @@ def formats(text: str) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     wanted = formats(args.formats)
+    check_inputs(args.logs)  # a bad input fails in one line, before any progress output
     if not args.quiet and log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # progress is the point of `run`; -q turns it off
     started = time.perf_counter()
