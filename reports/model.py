@@ -481,7 +481,7 @@ def _overall_p95(out_dir: Path, lat: pl.DataFrame) -> float | None:
         from pipeline.stages.common import derive
 
         value = derive(pl.scan_parquet(calls)).select(pl.col("latency_ms").cast(pl.Float64).quantile(0.95, "linear")).collect().item()
-    except ImportError:  # pragma: no cover - stages not installed
+    except Exception:  # pragma: no cover - stages missing or changed: the design's definition
         key = ["source", "process", "pid", "tid"]
         lf = pl.scan_parquet(calls).sort(["source", "process", "line"])
         gap = (pl.col("ts").shift(-1).over(key) - pl.col("ts")).dt.total_milliseconds()

@@ -97,7 +97,8 @@ def fmt_signed(value: float | None, kind: str = "ms") -> str:
         return DASH
     if isinstance(value, float) and math.isinf(value):
         return "from 0"
-    if value == 0:
+    shown = {"pct": round(value * 100, 1), "pp": round(value * 100, 2), "int": value}.get(kind, round(value, 1))
+    if shown == 0:  # no "-0.0": a change too small to show is no change
         return {"pct": "0.0%", "pp": "0.00 pp", "int": "0"}.get(kind, "0.0")
     if kind == "pct":
         return f"{value * 100:+.1f}%"

@@ -132,21 +132,23 @@ def test_every_format_shows_the_difference(comp, fmt):
         assert "<svg" in text and "http://" not in text.replace("http://www.w3.org/", "")
 
 
-def test_cli_exit_codes(tmp_path):
+def test_cli_exit_codes(tmp_path, capsysbinary):
+    from test_report_cli import inproc
+
     base, cand = str(run_dir("keygen")), str(run_dir("keygen+wrongpin"))
-    r = p11lens("compare", base, cand, "--fail-on", "errors=+0")
+    r = p11lens("compare", base, cand, "--fail-on", "errors=+0")  # the real entry point, once
     assert r.returncode == 1 and "CKR_PIN_INCORRECT" in r.stdout.decode()
     assert "threshold crossed: errors=+0" in r.stderr.decode()
-    r = p11lens("compare", base, base, "--fail-on", "errors=+0", "--fail-on", "rv=new,findings=info,p95=+20%")
+    r = inproc(capsysbinary, "compare", base, base, "--fail-on", "errors=+0", "--fail-on", "rv=new,findings=info,p95=+20%")
     assert r.returncode == 0, r.stderr.decode()
-    r = p11lens("compare", base, cand)  # no thresholds: a report, never a failure
+    r = inproc(capsysbinary, "compare", base, cand)  # no thresholds: a report, never a failure
     assert r.returncode == 0
-    r = p11lens("compare", base, cand, "--fail-on", "p95=fast")
+    r = inproc(capsysbinary, "compare", base, cand, "--fail-on", "p95=fast")
     assert r.returncode == 2 and len(r.stderr.decode().strip().splitlines()) == 1
-    r = p11lens("compare", base, str(tmp_path / "nope"))
+    r = inproc(capsysbinary, "compare", base, str(tmp_path / "nope"))
     assert r.returncode == 2 and "no such output folder" in r.stderr.decode()
     out = tmp_path / "cmp.md"
-    r = p11lens("compare", base, cand, "-o", str(out), "--fail-on", "rv=new")
+    r = inproc(capsysbinary, "compare", base, cand, "-o", str(out), "--fail-on", "rv=new")
     assert r.returncode == 1 and out.read_text().startswith("## p11lens compare")
 
 

@@ -79,7 +79,8 @@ def test_errors_sessions_findings_tables():
     assert "secret-pin-in-trace" in secret_codes
     for g in r.findings:
         for item in g.items:
-            assert item.ref == f"{item.source}:{item.line}"
+            if item.source is not None:
+                assert item.ref == (f"{item.source}:{item.line}" if item.line is not None else item.source)
 
 
 def test_secret_codes():

@@ -59,7 +59,7 @@ def test_summary_and_findings(out, docs):
     assert f"SESSIONS: {sessions.height:,}, {int(sessions['leaked'].sum()):,} left open" in txt
     for f in findings.group_by("code").agg(pl.col("source").first(), pl.col("line").min()).to_dicts():
         assert f"`{f['code']}`" in md and f"] {f['code']} (" in txt
-    first = findings.sort("line").filter(pl.col("source").is_not_null()).row(0, named=True)
+    first = findings.filter(pl.col("source").is_not_null() & pl.col("line").is_not_null()).sort("line").row(0, named=True)
     assert f"{first['source']}:{first['line']}" in md and f"{first['source']}:{first['line']}" in txt
 
 
