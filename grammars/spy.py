@@ -28,7 +28,7 @@ A ``record`` token is kept whole only if its body has no glued unit from another
 ``Returned:`` or timestamp inside a line, no header inside the body: ``is_clean_body``).
 Everything else -- interleaved threads, several processes sharing a file, truncated records,
 application stderr -- arrives as ``line`` tokens and is classified by the line grammar
-``SPY_LINE`` (§10 of the format notes), after ``split_units`` has cut off a ``Returned:``
+``SPY_LINE`` (``LINE_KINDS``, §10 of the format notes), after ``split_units`` has cut off a ``Returned:``
 or timestamp unit glued to the end of another unit::
 
     spy-line     = banner-line | load-result | header | timestamp | returned | blank | body-unit ;
@@ -120,63 +120,63 @@ def scan(text: str):
         yield tokens[0], start, end
 
 
-def _kind(name: str, pattern: str) -> pp.ParserElement:
-    def tag(_s: str, _loc: int, tokens: pp.ParseResults) -> tuple[str, re.Match[str]]:
-        return name, tokens[0]
+LINE_KINDS: tuple[tuple[str, str], ...] = (
+    ("blank", r""),
+    ("banner", BANNER_LINE),
+    ("load-result", r'(?:Loaded: ".*"|Error: .*)'),
+    ("header", HEADER),
+    ("timestamp", TS),
+    ("returned", RETURNED),
+    # body units
+    ("hexdump-row", r"    [0-9A-F]{8}  .*"),
+    ("compat", r"\[compat\]"),
+    ("template-head", r"\[(?:in|out)\] \S+?(?:\[\d+\])?(?: \((?:original|faked)\))?: ?"),
+    ("buffer", r"\[(?:in|out)\] \S+(?: =)? (?:[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+|NULL \[size : 0x[0-9A-F]+ \(-?\d+\)\]|EMPTY).*"),
+    ("scalar", r"\[(?:in|out)\] \S+ = .*"),
+    ("io-other", r"\[(?:in|out)\] .*"),
+    ("template-entry", r"    (?:CKA_[A-Z0-9_]+(?:\((?:NSS|Netsc)\))?|CKA_\? \(0x[0-9a-f]{8}\)).*"),
+    ("indented", r"[ \t].*"),
+    ("mechanism-item", r"(?:CKM_|Unknown Mechanism \().*"),
+    ("slot-item", r"Slot -?\d+.*"),
+    ("count-item", r"Count is \d+.*"),
+    ("object-item", r"Object 0x[0-9a-f]+.*"),
+    ("interface-item", r"Interface '.*"),
+    ("v027-note", r"(?:\(unknown type|pMechanism->).*"),
+    ("v020-form", r"(?:pApplication=|Notify=|Parameters block for |\}).*"),
+    ("orphan-rendering", r"[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+.*"),
+)
+"""The line grammar of §10 of the format notes, in the order the alternatives are tried."""
 
-    return pp.Regex(pattern + r"\Z", as_match=True).set_name(name).set_parse_action(tag)
-
-
-BODY_UNIT = pp.MatchFirst(
-    [
-        _kind("compat", r"\[compat\]"),
-        _kind("template-head", r"\[(in|out)\] (\S+?)(?:\[(\d+)\])?(?: \((?:original|faked)\))?: ?"),
-        _kind(
-            "buffer",
-            r"\[(in|out)\] (\S+)(?: =)? (?:[0-9a-f]{8}(?:[0-9a-f]{8})? / (-?\d+)|NULL \[size : 0x[0-9A-F]+ \((-?\d+)\)\]|EMPTY).*",
-        ),
-        _kind("scalar", r"\[(in|out)\] (\S+) = (.*)"),
-        _kind("io-other", r"\[(in|out)\] .*"),
-        _kind("hexdump-row", r"    [0-9A-F]{8}  .*"),
-        _kind("template-entry", r"    (CKA_[A-Z0-9_]+(?:\((?:NSS|Netsc)\))?|CKA_\? \(0x[0-9a-f]{8}\)).*"),
-        _kind("indented", r"[ \t].*"),
-        _kind("mechanism-item", r"(?:CKM_|Unknown Mechanism \().*"),
-        _kind("slot-item", r"Slot -?\d+.*"),
-        _kind("count-item", r"Count is \d+.*"),
-        _kind("object-item", r"Object 0x[0-9a-f]+.*"),
-        _kind("interface-item", r"Interface '.*"),
-        _kind("v027-note", r"(?:\(unknown type|pMechanism->).*"),
-        _kind("v020-form", r"(?:pApplication=|Notify=|Parameters block for |\}).*"),
-        _kind("orphan-rendering", r"[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+.*"),
-    ]
-).set_name("body-unit")
-
+_KIND_OF_GROUP = {f"k{i}": kind for i, (kind, _) in enumerate(LINE_KINDS)}
 SPY_LINE = (
-    pp.MatchFirst(
-        [
-            _kind("blank", r""),
-            _kind("banner", BANNER_LINE),
-            _kind("load-result", r'(?:Loaded: ".*"|Error: .*)'),
-            _kind("header", HEADER),
-            _kind("timestamp", TS),
-            _kind("returned", RETURNED),
-            BODY_UNIT,
-        ]
-    )
+    pp.Regex("|".join(f"(?P<k{i}>{pattern})\\Z" for i, (_, pattern) in enumerate(LINE_KINDS)), as_match=True)
     .leave_whitespace()
     .parse_with_tabs()
     .set_name("spy-line")
 )
-"""Line grammar for the slow path; parses to ``(kind, re.Match)``."""
+"""Line grammar for the slow path: one alternation, so one pyparsing call per line."""
+
+_FIELDS_OF = {
+    "header": re.compile(HEADER),
+    "timestamp": re.compile(TS),
+    "returned": re.compile(RETURNED),
+    "load-result": re.compile(r".*"),
+}
 
 
 def classify(unit: str) -> tuple[str, re.Match[str] | None]:
-    """Kind of one line or unit: a ``SPY_LINE`` alternative, or ``"foreign"``."""
+    """Kind of one line or unit (a ``LINE_KINDS`` name, or ``"foreign"``), and its fields.
+
+    For a header, timestamp, ``Returned:`` or load result the match has that token's groups
+    (``HEADER``, ``TS``, ``RETURNED``); other kinds carry no fields the assembler reads.
+    """
     try:  # every alternative ends in \Z, so a match is a whole-unit match
-        kind, match = SPY_LINE.parse_string(unit)[0]
+        match = SPY_LINE.parse_string(unit)[0]
     except pp.ParseException:
         return "foreign", None
-    return kind, match
+    kind = _KIND_OF_GROUP[match.lastgroup]
+    fields = _FIELDS_OF.get(kind)
+    return kind, (fields.match(unit) if fields is not None else match)
 
 
 _GLUED_TAIL_RE = re.compile(r"(.+?)(" + RETURNED + r"|" + TS + r")\Z")
@@ -189,6 +189,8 @@ def split_units(line: str) -> list[str]:
     Both units end with a newline in the spy's output, so a glued one can only stand at the
     end of a line; what precedes it belongs to whichever call was writing before (§6).
     """
+    if "Returned:  " not in line and line[-4:-3] != ".":
+        return [line]  # neither unit can end this line: skip the regexes (the common case)
     match = None if _WHOLE_UNIT_RE.match(line) else _GLUED_TAIL_RE.match(line)
     if match is None:
         return [line]

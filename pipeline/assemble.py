@@ -10,7 +10,7 @@ rules (format notes §6-§8):
   return before it was stamped), else the newest open one;
 * other spy units belong to the newest open record; foreign lines are unparsed;
 * an open record is given up (``complete = False``) when its thread starts another call
-  (same ``P:``/``T:``), when more than 256 records are open, or at the end of the input.
+  (same ``P:``/``T:``), when more than 64 records are open, or at the end of the input.
   (Another process's chunks may arrive hundreds of records later, §7, so age alone is no
   reason to give up.)
 
@@ -31,7 +31,7 @@ from grammars import spy
 from pipeline.records import CallRecord, mechanism_name, user_type_name
 
 ACTIVE_HEADERS = 32
-MAX_OPEN = 256
+MAX_OPEN = 64
 
 
 @dataclass
@@ -148,6 +148,15 @@ class Assembler:
     def owns_open_records(self) -> bool:
         """True while a record whose header this assembler owns is still open or held."""
         return any(r.line <= self.own_to for r in self._open) or any(r.line <= self.own_to for r in self._held)
+
+    @property
+    def quiet(self) -> bool:
+        """No record is open or held: everything fed so far has been emitted (a safe resume point)."""
+        return not self._open and not self._held
+
+    def resume_point(self) -> Start:
+        """Where a new assembler would start to carry on from here (meaningful when `quiet`)."""
+        return Start(lines_before=self.line, process=self._process, seen_content=self._seen_content)
 
     def finish(self) -> None:
         """End of input: records still open are incomplete."""
@@ -268,11 +277,12 @@ class Assembler:
             self._close(record)
 
     def _close(self, record: _Open) -> None:
-        """Close a record; it is emitted once no call it overlapped is still open."""
+        """Close a record; it is emitted once no call it overlapped could still claim its Returned."""
         self._open.remove(record)
         self._held.append(record)
+        claimants = [r for r in self._active() if r.tid is not None]
         for held in list(self._held):
-            if not any(other in self._open for other in held.overlaps):
+            if not any(other in claimants for other in held.overlaps):
                 self._held.remove(held)
                 self._emit_open(held)
 

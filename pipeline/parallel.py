@@ -35,7 +35,7 @@ from pipeline.records import CALLS_SCHEMA
 
 MIN_RANGE_BYTES = 8 << 20  # below this a worker costs more to start than it saves
 WARMUP_BYTES = 256 << 10
-SPILL_LIMIT_LINES = 500_000  # give up on a record still open this far past the range
+SPILL_LIMIT_LINES = 20_000  # give up on a record still open this far past the range (a truncated one)
 _BANNER = b"*************** OpenSC PKCS#11 spy *****************"
 _BOUNDARY = re.compile(rb"\n\n\d+: ")
 _HEADER = re.compile(rb"(?:^|\n)\d+: \S+\r?\n")

@@ -1,0 +1,164 @@
+"""Benchmark p11lens against yardsticks measured in the same run.
+
+    python bench/run.py [--size-mb 100 300] [--rounds 3] [--json bench/results.json]
+
+It builds realistic traces (driver traces and real example logs, repeated with fresh
+process banners) of the given sizes, then measures, in interleaved rounds, the median wall
+time and the peak RSS of each command:
+
+* ``wc -l`` and ``grep -c '^[0-9]*: C_'``: what merely reading the file costs;
+* ``bench/naive.py``: a plain line-by-line regex parser, the baseline;
+* ``p11lens parse`` with 1 and 2 workers, ``p11lens analyze``, ``p11lens run``;
+* ``p11lens analyze`` on a calls table of 3 million rows (the parsed trace, repeated).
+
+Figures are MB/s, records/s, peak RSS (per process, from ``wait4``) and ratios to the
+baseline and to ``grep -c``.  Ratios are what to compare across machines; absolute numbers
+drift with the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import polars as pl
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "bench" / "data"
+P11LENS = [sys.executable, "-m", "pipeline"]
+SOURCES = sorted((ROOT / "sample-logs").glob("*.log")) + sorted((ROOT / "tests" / "data" / "spy-examples").glob("*.log"))
+
+
+def build_trace(size_mb: int) -> Path:
+    """Real traces repeated until ``size_mb``; each repeat starts with its own spy banner."""
+    path = DATA / f"trace-{size_mb}mb.log"
+    if path.exists() and path.stat().st_size >= size_mb * 1_000_000:
+        return path
+    DATA.mkdir(parents=True, exist_ok=True)
+    blobs = [p.read_bytes() for p in SOURCES if p.stat().st_size > 2000]
+    with open(path, "wb") as out:
+        written = 0
+        while written < size_mb * 1_000_000:
+            for blob in blobs:
+                out.write(blob)
+                written += len(blob)
+    return path
+
+
+def measure(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one command (its largest process)."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT)
+    _, status, usage = os.wait4(proc.pid, 0)
+    elapsed = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) not in (0, 1):
+        raise SystemExit(f"bench: {' '.join(cmd)} failed: {proc.stderr.read().decode()[-500:]}")
+    return elapsed, usage.ru_maxrss
+
+
+def calls_of(out: Path) -> int:
+    return pl.scan_parquet(out / "calls.parquet").select(pl.len()).collect().item()
+
+
+def big_calls(out: Path, target_rows: int) -> Path:
+    """A copy of ``out`` whose calls table is repeated (each copy its own source) to ``target_rows``."""
+    big = DATA / "analyze-3m"
+    shutil.rmtree(big, ignore_errors=True)
+    big.mkdir(parents=True)
+    shutil.copy(out / "manifest.json", big / "manifest.json")
+    calls = pl.read_parquet(out / "calls.parquet")
+    copies = -(-target_rows // calls.height)
+    frames = [calls.with_columns(pl.col("source") + f"#{i}") for i in range(copies)]
+    pl.concat(frames).write_parquet(big / "calls.parquet", compression="zstd", row_group_size=65536)
+    return big
+
+
+def run(sizes: list[int], rounds: int) -> dict:
+    results: dict = {"machine": machine(), "sizes": {}}
+    for size in sizes:
+        trace = build_trace(size)
+        mb = trace.stat().st_size / 1e6
+        out1, out2 = DATA / f"out-{size}-j1", DATA / f"out-{size}-j2"
+        commands = {
+            "wc -l": ["wc", "-l", str(trace)],
+            "grep -c": ["grep", "-c", "^[0-9]*: C_", str(trace)],
+            "naive baseline": [sys.executable, str(ROOT / "bench" / "naive.py"), str(trace)],
+            "parse -j1": [*P11LENS, "parse", "-j", "1", str(trace), "-o", str(out1)],
+            "parse -j2": [*P11LENS, "parse", "-j", "2", str(trace), "-o", str(out2)],
+            "analyze": [*P11LENS, "analyze", str(out1)],
+            "run -j2": [*P11LENS, "run", "-j", "2", str(trace), "-o", str(DATA / f"out-{size}-run")],
+        }
+        times: dict[str, list[float]] = {name: [] for name in commands}
+        rss: dict[str, int] = {name: 0 for name in commands}
+        for _ in range(rounds):  # interleaved: every command once per round
+            for name, cmd in commands.items():
+                seconds, peak = measure(cmd)
+                times[name].append(seconds)
+                rss[name] = max(rss[name], peak)
+        records = calls_of(out1)
+        assert records == calls_of(out2), "parse -j1 and -j2 disagree on the row count"
+        base = statistics.median(times["naive baseline"])
+        grep = statistics.median(times["grep -c"])
+        rows = {}
+        for name in commands:
+            t = statistics.median(times[name])
+            rows[name] = {
+                "seconds": round(t, 3),
+                "MB/s": round(mb / t, 1),
+                "records/s": round(records / t),
+                "peak_rss_mib": round(rss[name] / 1024, 1),
+                "x_baseline": round(base / t, 2),
+                "x_grep": round(grep / t, 3),
+            }
+        rows["parse -j2"]["x_parse_j1"] = round(statistics.median(times["parse -j1"]) / statistics.median(times["parse -j2"]), 2)
+        results["sizes"][size] = {"trace_mb": round(mb, 1), "records": records, "commands": rows}
+    big = big_calls(DATA / f"out-{max(sizes)}-j1", 3_000_000)
+    seconds, peak = min(measure([*P11LENS, "analyze", str(big)]) for _ in range(rounds))
+    results["analyze_3m"] = {"rows": calls_of(big), "seconds": round(seconds, 2), "peak_rss_mib": round(peak / 1024, 1)}
+    return results
+
+
+def machine() -> dict:
+    return {
+        "python": platform.python_version(),
+        "cpus": len(os.sched_getaffinity(0)),
+        "processor": platform.processor() or platform.machine(),
+        "load_avg_at_start": os.getloadavg(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def print_table(results: dict) -> None:
+    for size, entry in results["sizes"].items():
+        print(f"\n{size} MB trace ({entry['trace_mb']} MB, {entry['records']} records)")
+        print(f"| command | s | MB/s | records/s | peak RSS MiB | × baseline | × grep -c |")
+        print("|---|---|---|---|---|---|---|")
+        for name, r in entry["commands"].items():
+            print(f"| {name} | {r['seconds']} | {r['MB/s']} | {r['records/s']} | {r['peak_rss_mib']} | {r['x_baseline']} | {r['x_grep']} |")
+        print(f"parse -j2 / parse -j1 speed-up: {entry['commands']['parse -j2']['x_parse_j1']}")
+    a = results["analyze_3m"]
+    print(f"\nanalyze on {a['rows']} calls: {a['seconds']} s, peak RSS {a['peak_rss_mib']} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, nargs="+", default=[100, 300])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results.json")
+    args = parser.parse_args()
+    results = run(args.size_mb, args.rounds)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print_table(results)
+    print(f"\nwritten: {args.json}")
+
+
+if __name__ == "__main__":
+    main()
