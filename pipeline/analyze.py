@@ -64,13 +64,19 @@ def _open_calls(out_dir: Path) -> pl.LazyFrame:
     return calls
 
 
-def analyze(out_dir: Path, bucket: str | None = None) -> dict:
-    """Write every stage output into ``out_dir``; return the manifest with its ``stages`` section."""
+def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None = None) -> dict:
+    """Write every stage output into ``out_dir``; return the manifest with its ``stages`` section.
+
+    ``calls``: the calls to analyze instead of ``OUT/calls.parquet`` (``p11lens job`` passes its
+    partitioned dataset, or a window of it); it must have the calls columns.
+    """
     out_dir = Path(out_dir)
     started = time.perf_counter()
     if bucket is not None:
         parse_bucket(bucket)  # a bad option fails before any work
-    calls = _open_calls(out_dir)
+    given = calls is not None
+    calls = calls if given else _open_calls(out_dir)
+    has_flags = "flags" in calls.collect_schema()
     ensure_dir(out_dir)
     manifest = _read_manifest(out_dir)
     calls, unreadable = with_flags(calls)
@@ -102,7 +108,7 @@ def analyze(out_dir: Path, bucket: str | None = None) -> dict:
         "outputs": results,
         "bucket_seconds": bucket_seconds,
         "findings_by_severity": dict(sorted(by_severity)),
-        "values_read_from_logs": "flags" not in pl.scan_parquet(out_dir / CALLS_FILE).collect_schema(),
+        "values_read_from_logs": not has_flags,
         "unreadable_sources": unreadable,
         "latency": "upper bound: ms to the next call entry of the same (source, process, pid, tid); 1 ms resolution",
         "elapsed_s": round(time.perf_counter() - started, 3),

@@ -58,3 +58,34 @@ def iter_blocks(
 def _decode(raw: bytes) -> str:
     text = raw.decode("latin-1")
     return text.replace("\r\n", "\n") if "\r" in text else text
+
+
+def iter_sized_blocks(stream: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[tuple[int, str]]:
+    """Like `iter_blocks`, but yield ``(raw byte length, text)`` and cut the end finer.
+
+    For incremental parsing (``pipeline.jobs``): the byte lengths give the file offset of every
+    block end, and at the end of the data the rest is split once more at its last record
+    boundary, so that only the last record (which a writer may still be appending to) is in
+    the final block.  Every block but the last ends just before a blank line.
+    """
+    pending = bytearray()
+    while True:
+        chunk = stream.read(block_size)
+        if chunk:
+            pending += chunk
+            if len(pending) < block_size:
+                continue
+            cut = _cut(pending)
+            if cut == 0 and len(pending) > MAX_BLOCKS_WITHOUT_BLANK * block_size:
+                cut = pending.rfind(b"\n") + 1
+            if cut:
+                yield cut, _decode(bytes(pending[:cut]))
+                del pending[:cut]
+            continue
+        cut = _cut(pending)
+        if cut:
+            yield cut, _decode(bytes(pending[:cut]))
+            del pending[:cut]
+        if pending:
+            yield len(pending), _decode(bytes(pending))
+        return

@@ -15,7 +15,7 @@ import sys
 from pipeline import __version__
 from pipeline.errors import EXIT_INTERNAL, EXIT_USAGE, P11lensError
 
-COMMANDS = ("parse", "drive", "analyze", "report", "run", "compare")
+COMMANDS = ("parse", "drive", "analyze", "report", "run", "compare", "job")
 
 log = logging.getLogger("p11lens")
 

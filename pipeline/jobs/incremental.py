@@ -1,0 +1,212 @@
+"""Parse one input file from its checkpoint: rows that are final, and a replaceable tail.
+
+The file is read from the checkpoint's byte offset with an assembler started in the state the
+checkpoint recorded (line number, banner index, pid → banner map).  After every block the
+assembler is asked whether it is *quiet* (no record open or held back); a quiet block end that
+is followed by more data is a safe resume point, because everything before it has been emitted
+and nothing after it can change those rows.  The rows up to the last such point are final
+(*committed*); the rows after it — at least the file's last record, which its writer may still
+be appending to, or a call cut at the current end of the file — are the *tail*, stored in
+replaceable parts and parsed again from the checkpoint when the file changes.  So after any
+sequence of runs the rows equal those of one parse of the whole file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from pipeline.assemble import Assembler, Start
+from pipeline.jobs.state import Checkpoint, Stats
+from pipeline.records import CallRecord
+from pipeline.stream import iter_sized_blocks
+
+HEAD_BYTES = 64 << 10
+ANCHOR_BYTES = 4096
+BIG_TAIL = 8 << 20  # warn when this much of a file stays uncommitted
+
+
+def _hash_range(fh: BinaryIO, start: int, end: int) -> str:
+    digest = hashlib.sha256()
+    pos = start
+    while pos < end:
+        data = os.pread(fh.fileno(), min(1 << 20, end - pos), pos)
+        if not data:
+            break
+        digest.update(data)
+        pos += len(data)
+    return digest.hexdigest()
+
+
+def head_hash(fh: BinaryIO, length: int) -> str:
+    return _hash_range(fh, 0, length)
+
+
+def anchor_hash(fh: BinaryIO, offset: int) -> str:
+    return _hash_range(fh, max(0, offset - ANCHOR_BYTES), offset)
+
+
+def changed_reason(fh: BinaryIO, st: os.stat_result, cp: Checkpoint) -> str | None:
+    """Why ``cp`` does not describe the start of this file any more (None: resume from it)."""
+    if (st.st_dev, st.st_ino) != (cp.dev, cp.ino):
+        return "a different file (device/inode changed)"
+    if st.st_size < cp.size_seen:
+        return f"shrank from {cp.size_seen} to {st.st_size} bytes"
+    if head_hash(fh, cp.head_len) != cp.head_sha256:
+        return "its first bytes changed"
+    if cp.anchor_sha256 and anchor_hash(fh, cp.offset) != cp.anchor_sha256:
+        return "bytes before the checkpoint changed"
+    return None
+
+
+def unchanged(st: os.stat_result, cp: Checkpoint) -> bool:
+    """Same file, same size and modification time as last read: nothing to do."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (cp.dev, cp.ino, cp.size_seen, cp.mtime_ns)
+
+
+@dataclass
+class _Quiet:
+    """The assembler at a quiet block end."""
+
+    offset: int
+    start: Start
+    pid_process: dict
+    counts: dict
+    coverage: dict
+    spans: int
+    last_span: list | None
+    dialects: set
+    processes_used: set
+    rows: int  # rows emitted before it
+
+
+@dataclass
+class FileResult:
+    checkpoint: Checkpoint
+    tail_rows: list[CallRecord]
+    committed_rows: int  # rows handed to the sink (final)
+    bytes_read: int
+    warnings: list[str] = field(default_factory=list)
+
+
+def _snapshot(asm: Assembler, offset: int, rows: int) -> _Quiet:
+    spans = asm.coverage.unparsed_spans
+    return _Quiet(
+        offset=offset,
+        start=asm.resume_point(),
+        pid_process=dict(asm.pid_process),
+        counts=dataclasses.asdict(asm.counts),
+        coverage={k: getattr(asm.coverage, k) for k in ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines")},
+        spans=len(spans),
+        last_span=list(spans[-1]) if spans else None,
+        dialects=set(asm.dialects),
+        processes_used=set(asm.processes_used),
+        rows=rows,
+    )
+
+
+def _split_stats(asm: Assembler, q: _Quiet | None) -> tuple[Stats, Stats]:
+    """The assembler's totals split at the quiet point: (before, after)."""
+    cov = asm.coverage
+    spans = [list(s) for s in cov.unparsed_spans]
+    total = Stats(
+        counts=dataclasses.asdict(asm.counts),
+        coverage={**{k: getattr(cov, k) for k in ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines")},
+                  "unparsed_spans": spans},
+        dialects=sorted(asm.dialects),
+        processes_used=sorted(asm.processes_used),
+    )
+    if q is None:
+        return Stats(), total
+    before_spans = [list(s) for s in spans[: q.spans]]
+    after_spans = [list(s) for s in spans[q.spans :]]
+    if q.last_span is not None:
+        extended = before_spans[-1][1]
+        before_spans[-1] = list(q.last_span)
+        if extended > q.last_span[1]:
+            after_spans.insert(0, [q.last_span[1] + 1, extended])
+    before = Stats(
+        counts=q.counts,
+        coverage={**q.coverage, "unparsed_spans": before_spans},
+        dialects=sorted(q.dialects),
+        processes_used=sorted(q.processes_used),
+    )
+    after = Stats(
+        counts={k: total.counts[k] - q.counts[k] for k in q.counts},
+        coverage={**{k: total.coverage[k] - q.coverage[k] for k in q.coverage}, "unparsed_spans": after_spans},
+        dialects=sorted(set(asm.dialects)),  # dialect hints of the tail's blocks are not kept apart
+        processes_used=sorted(asm.processes_used - q.processes_used),
+    )
+    return before, after
+
+
+def parse_file(
+    path: str,
+    fh: BinaryIO,
+    st: os.stat_result,
+    base: Checkpoint | None,
+    commit: Callable[[list[CallRecord]], None],
+    on_block: Callable[[], None] | None = None,
+) -> FileResult:
+    """Parse ``fh`` from ``base`` (None: from the start); final rows go to ``commit`` in batches."""
+    if base is None:
+        base = Checkpoint(path=path, dev=st.st_dev, ino=st.st_ino, head_len=0, head_sha256="", size_seen=0, mtime_ns=0)
+    rows: list[CallRecord] = []
+    asm = Assembler(path, rows.append, Start(base.lines_before, base.process, base.seen_content))
+    asm.pid_process.update({int(k): v for k, v in base.pid_process.items()})
+    fh.seek(base.offset)
+    offset = base.offset
+    candidate: _Quiet | None = None  # quiet, but only safe once more data follows it
+    confirmed: _Quiet | None = None
+    committed = 0
+    for nbytes, text in iter_sized_blocks(fh):
+        if candidate is not None:
+            confirmed = candidate
+            candidate = None
+            if confirmed.rows:
+                commit(rows[: confirmed.rows])
+                committed += confirmed.rows
+                del rows[: confirmed.rows]
+                confirmed.rows = 0
+        asm.feed(text)
+        offset += nbytes
+        if asm.quiet:
+            candidate = _snapshot(asm, offset, len(rows))
+        if on_block is not None:
+            on_block()
+    asm.finish()
+    before, after = _split_stats(asm, confirmed)
+    cp = dataclasses.replace(
+        base,
+        dev=st.st_dev,
+        ino=st.st_ino,
+        head_len=min(offset, HEAD_BYTES),
+        head_sha256=head_hash(fh, min(offset, HEAD_BYTES)),
+        size_seen=offset,
+        mtime_ns=st.st_mtime_ns,
+        committed=base.committed.plus(before),
+        tail=after,
+        missing=False,
+    )
+    if confirmed is not None:
+        cp.offset = confirmed.offset
+        cp.anchor_sha256 = anchor_hash(fh, confirmed.offset)
+        cp.lines_before = confirmed.start.lines_before
+        cp.process = confirmed.start.process
+        cp.seen_content = confirmed.start.seen_content
+        cp.pid_process = {str(k): v for k, v in sorted(confirmed.pid_process.items())}
+    cp.tail_bytes = offset - cp.offset
+    warnings = []
+    if cp.tail_bytes > BIG_TAIL:
+        warnings.append(
+            f"{path}: {cp.tail_bytes} bytes after line {cp.lines_before} stay uncommitted (a record there is still open); "
+            "they are parsed again whenever the file changes"
+        )
+    total = cp.stats
+    if offset and total.counts["records"] == 0 and total.counts["banners"] == 0:
+        warnings.append(f"{path}: not a pkcs11-spy log (no spy banner and no call record in {offset} bytes)")
+    return FileResult(cp, rows, committed, offset - base.offset, warnings)
