@@ -158,15 +158,6 @@ class Assembler:
         """Where a new assembler would start to carry on from here (meaningful when `quiet`)."""
         return Start(lines_before=self.line, process=self._process, seen_content=self._seen_content)
 
-    @property
-    def quiet(self) -> bool:
-        """No record is open or held: everything fed so far has been emitted (a safe resume point)."""
-        return not self._open and not self._held
-
-    def resume_point(self) -> Start:
-        """Where a new assembler would start to carry on from here (meaningful when `quiet`)."""
-        return Start(lines_before=self.line, process=self._process, seen_content=self._seen_content)
-
     def finish(self) -> None:
         """End of input: records still open are incomplete."""
         for record in list(self._open):
