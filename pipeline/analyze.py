@@ -1,18 +1,16 @@
 """Run every analysis stage over ``OUT/calls.parquet`` (the library side of ``p11lens analyze``).
 
-The calls are read lazily; the per-call facts all stages share (latency, category, family,
-operation mechanism: ``stages.common.derive``) are computed once with the streaming engine and
-spilled to a temporary Parquet file beside the outputs, which every stage then scans.  Each
+The calls are read lazily, only the columns the stages use; the per-call facts all stages
+share (latency, category, family, operation mechanism: ``stages.common.derive``) are computed
+once with the streaming engine and held in memory for the stages (about 120 bytes per call).  Each
 stage's result is written atomically to ``OUT/<stage>.parquet`` and listed, with its row count,
 in the ``stages`` section of ``OUT/manifest.json``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -24,8 +22,8 @@ from pipeline.stages.errors import errors
 from pipeline.stages.findings import findings
 from pipeline.stages.latency import latency, latency_over_time, parse_bucket
 from pipeline.stages.mechanisms import mechanisms
-from pipeline.stages.sessions import processes, sessions
-from pipeline.stages.values import with_flags
+from pipeline.stages.sessions import processes, session_lives, sessions
+from pipeline.stages.values import flags_of
 from pipeline.store import ensure_dir, write_frame, write_json
 
 log = logging.getLogger(__name__)
@@ -79,31 +77,33 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
     has_flags = "flags" in calls.collect_schema()
     ensure_dir(out_dir)
     manifest = _read_manifest(out_dir)
-    calls, unreadable = with_flags(calls)
-    derived = out_dir / f".derived.parquet.tmp-{os.getpid()}"
+    flags, unreadable = flags_of(calls)
+    flags = flags.collect().lazy()
     results: dict[str, dict] = {}
-    try:
-        derive(calls).sink_parquet(derived, engine="streaming")
-        frame = pl.scan_parquet(derived)
-        over_time = latency_over_time(frame, bucket)
-        for name, lf in (
-            ("latency", latency(frame)),
-            ("latency_over_time", over_time),
-            ("errors", errors(frame)),
-            ("sessions", sessions(frame)),
-            ("processes", processes(frame)),
-            ("mechanisms", mechanisms(frame)),
-        ):
-            results[name] = {"file": f"{name}.parquet", "rows": write_frame(lf, out_dir / f"{name}.parquet")}
-        found = findings(frame, sessions=pl.scan_parquet(out_dir / "sessions.parquet"), inputs=manifest.get("inputs"))
-        results["findings"] = {"file": "findings.parquet", "rows": write_frame(found, out_dir / "findings.parquet")}
-        bucket_seconds = pl.scan_parquet(out_dir / "latency_over_time.parquet").select(pl.col("bucket_seconds").first()).collect().item()
-        by_severity = (
-            pl.read_parquet(out_dir / "findings.parquet", columns=["severity"])["severity"].value_counts().iter_rows()
-        )
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            derived.unlink()
+    lap = time.perf_counter()
+    # The shared per-call facts, computed once (streaming engine) and held by every stage.
+    frame = derive(calls).collect(engine="streaming").lazy()
+    timings = {"derive": round(time.perf_counter() - lap, 3)}
+    lives = None
+    for name, make in (
+        ("latency", lambda: latency(frame)),
+        ("latency_over_time", lambda: latency_over_time(frame, bucket)),
+        ("errors", lambda: errors(frame)),
+        ("sessions", lambda: sessions(frame, flags, lives=lives)),
+        ("processes", lambda: processes(frame, lives=lives)),
+        ("mechanisms", lambda: mechanisms(frame)),
+        ("findings", lambda: findings(
+            frame, sessions=pl.scan_parquet(out_dir / "sessions.parquet"), flags=flags, inputs=manifest.get("inputs")
+        )),
+    ):
+        lap = time.perf_counter()
+        if name == "sessions":
+            lives = session_lives(frame, flags).collect().lazy()
+        results[name] = {"file": f"{name}.parquet", "rows": write_frame(make(), out_dir / f"{name}.parquet")}
+        timings[name] = round(time.perf_counter() - lap, 3)
+    del frame
+    bucket_seconds = pl.scan_parquet(out_dir / "latency_over_time.parquet").select(pl.col("bucket_seconds").first()).collect().item()
+    by_severity = pl.read_parquet(out_dir / "findings.parquet", columns=["severity"])["severity"].value_counts().iter_rows()
     manifest["stages"] = {
         "outputs": results,
         "bucket_seconds": bucket_seconds,
@@ -112,6 +112,7 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
         "unreadable_sources": unreadable,
         "latency": "upper bound: ms to the next call entry of the same (source, process, pid, tid); 1 ms resolution",
         "elapsed_s": round(time.perf_counter() - started, 3),
+        "timings_s": timings,
     }
     outputs = manifest.setdefault("outputs", {})
     outputs.update({name: info["file"] for name, info in results.items()})

@@ -9,9 +9,8 @@ derived columns is returned unchanged, so each stage can be called on raw calls 
 Derived columns (all stages may rely on them):
 
 ``pid_k``, ``tid_k``  pid / tid with null as -1 (join and group keys; older spies print none)
-``pos``               position of the call in its process: calls sorted by (source, process,
-                      pid, seq, line) and numbered; the spy's counter ``seq`` is taken at call
-                      entry, so within one process this is entry order
+``pos``               position of the call: calls sorted by (source, line) and numbered;
+                      within one thread this is entry order (see ``derive``)
 ``category``          ``ok`` | ``benign`` | ``incomplete`` | ``error`` (see ``category_expr``)
 ``family``            operation family of the function (sign, verify, ...; null for others)
 ``op_mechanism``      the mechanism the call runs under: its own ``pMechanism``, or for the
@@ -112,18 +111,36 @@ def family_expr() -> pl.Expr:
     return pl.col("func").replace_strict(FUNC_FAMILY, default=None, return_dtype=pl.String)
 
 
+# The calls columns the stages read (the others -- attributes, created, lengths, object handle --
+# are left behind, which keeps the one sort over all calls narrow).
+STAGE_COLUMNS = (
+    "source", "process", "pid", "tid", "seq", "line", "ts", "func", "rv", "rv_name", "complete", "slot",
+    "session", "mechanism", "user_type", "uncertain", "secrets",
+)
+
+
 def derive(calls: pl.LazyFrame) -> pl.LazyFrame:
-    """Add the derived columns (see the module docstring); a no-op on a derived frame."""
-    if all(name in calls.collect_schema() for name in DERIVED):
+    """Add the derived columns (see the module docstring); a no-op on a derived frame.
+
+    Calls are put in (source, line) order: within one thread of one process that is entry
+    order (a thread's next header follows its previous ``Returned:``), and it is the order in
+    which the spy flushed a process's records.  (The spy's counter ``seq`` would do as well
+    within a process, but line numbers are unique in a source and need no tie-break.)
+    """
+    schema = calls.collect_schema()
+    if all(name in schema for name in DERIVED):
         return calls
+    keep = [name for name in (*STAGE_COLUMNS, "flags") if name in schema]
+    frame = calls.select(keep).with_columns(
+        pl.col("pid").fill_null(-1).alias("pid_k"),
+        pl.col("tid").fill_null(-1).alias("tid_k"),
+        pl.col("func").cast(pl.String),
+        pl.col("source").cast(pl.Categorical).to_physical().cast(pl.Int64).alias("src"),  # cheap key
+    )
+    if not _in_line_order(frame):  # the parser writes (nearly always) in line order: skip the sort
+        frame = frame.sort("src", "line")
     frame = (
-        calls.with_columns(
-            pl.col("pid").fill_null(-1).alias("pid_k"),
-            pl.col("tid").fill_null(-1).alias("tid_k"),
-            pl.col("func").cast(pl.String),
-        )
-        .sort(["source", "process", "pid_k", "seq", "line"])
-        .with_columns(
+        frame.with_columns(
             pl.int_range(pl.len(), dtype=pl.Int64).alias("pos"),
             category_expr().alias("category"),
             family_expr().alias("family"),
@@ -135,10 +152,10 @@ def derive(calls: pl.LazyFrame) -> pl.LazyFrame:
         pl.when(pl.col("func").is_in(list(MECHANISM_FUNCS)))
         .then(pl.col("mechanism"))
         .when(pl.col("func").is_in(list(CONTINUATION_FUNCS)) & pl.col("session").is_not_null())
-        .then(init_mech.forward_fill().over(["source", "process", "pid_k", "session", "family"]))
+        .then(init_mech.forward_fill().over(["src", "process", "pid_k", "session", "family"]))
         .alias("op_mechanism")
     )
-    next_entry = pl.col("ts").shift(-1).backward_fill().over(THREAD_KEYS)
+    next_entry = pl.col("ts").shift(-1).backward_fill().over(["src", "process", "pid_k", "tid_k"])
     gap = (next_entry - pl.col("ts")).dt.total_milliseconds()
     latency = (
         pl.when(pl.col("uncertain") | ~pl.col("complete") | (gap < 0))
@@ -147,7 +164,18 @@ def derive(calls: pl.LazyFrame) -> pl.LazyFrame:
         .cast(pl.Int64)
         .alias("latency_ms")
     )
-    return frame.with_columns(latency)
+    return frame.with_columns(latency).drop("src", "pid", "tid", "seq")  # pid_k, tid_k, pos replace them
+
+
+def _in_line_order(frame: pl.LazyFrame) -> bool:
+    """True when each source's rows are contiguous and in increasing line order."""
+    changes = pl.col("src") != pl.col("src").shift(1)
+    ok = frame.select(
+        ((pl.col("line").diff() > 0) | changes).all(ignore_nulls=True).alias("ascending"),
+        (changes.sum() + 1 == pl.col("src").n_unique()).alias("contiguous"),
+        pl.len().alias("n"),
+    ).collect(engine="streaming")
+    return ok["n"][0] == 0 or bool(ok["ascending"][0] and ok["contiguous"][0])
 
 
 def restore_pid(frame: pl.LazyFrame) -> pl.LazyFrame:

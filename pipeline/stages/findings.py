@@ -16,10 +16,11 @@ Codes (severity):
   operation-state-in-trace (medium) pOperationState dumped
   data-in-trace (low)               data being signed, verified or hashed dumped
   random-in-trace (low)             RandomData / pSeed dumped
-  pin-failures-repeated (medium; high from 5) / pin-failure (low)  CKR_PIN_INCORRECT per process
+  pin-failures-repeated (medium; high from 5) / pin-failure (low)  CKR_PIN_INCORRECT per source
   pin-locked (high)                 a call returned CKR_PIN_LOCKED
   pin-admin (info)                  C_InitToken / C_InitPIN / C_SetPIN calls
   session-leaked (medium)           sessions never closed (see sessions.parquet)
+  session-closed-by-finalize (low)  sessions the application left open until C_Finalize
   login-without-logout (low)        successful logins never followed by C_Logout
   no-finalize (low)                 a process never called C_Finalize successfully
   weak-mechanism (per mechanism)    see mechanisms.weakness
@@ -38,6 +39,7 @@ import polars as pl
 from pipeline.stages.common import CKR_OK, CKR_PIN_INCORRECT, CKR_PIN_LOCKED, PROCESS_KEYS, derive
 from pipeline.stages.mechanisms import mechanism_uses, weakness_table
 from pipeline.stages.sessions import sessions as sessions_stage
+from pipeline.stages.values import attach
 
 COLUMNS = ["severity", "code", "message", "source", "line", "count", "process", "subject", "lines"]
 SCHEMA = {
@@ -107,17 +109,24 @@ def _secrets(calls: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def _pin_failures(calls: pl.LazyFrame, threshold: int) -> pl.LazyFrame:
+    """Wrong PINs per source: guessing need not stay in one process (a script may retry)."""
     fails = (
         calls.filter(pl.col("rv") == CKR_PIN_INCORRECT)
-        .group_by(*PROCESS_KEYS)
-        .agg(*_first(), pl.col("func").unique().sort().str.join(", ").alias("funcs"))
+        .group_by("source")
+        .agg(
+            *_first(),
+            pl.col("func").unique().sort().str.join(", ").alias("funcs"),
+            pl.struct(PROCESS_KEYS[1:]).n_unique().alias("processes"),
+            pl.col("process").unique().alias("process_list"),
+        )
+        .with_columns(pl.when(pl.col("processes") == 1).then(pl.col("process_list").list.first()).alias("process"))
     )
     repeated = pl.col("count") >= threshold
     severity = pl.when(pl.col("count") >= max(5, threshold)).then(pl.lit("high")).when(repeated).then(pl.lit("medium")).otherwise(pl.lit("low"))
     code = pl.when(repeated).then(pl.lit("pin-failures-repeated")).otherwise(pl.lit("pin-failure"))
     message = pl.format(
-        "{} wrong PIN(s) (CKR_PIN_INCORRECT from {}) in process {}, first at line {}{}",
-        "count", "funcs", "process", "line",
+        "{} wrong PIN(s) (CKR_PIN_INCORRECT from {}) in {} process(es), first at line {}{}",
+        "count", "funcs", "processes", "line",
         pl.when(repeated).then(pl.lit(": possible PIN guessing")).otherwise(pl.lit("")),
     )
     return _finish(fails, severity, code, message, process=True)
@@ -151,6 +160,22 @@ def _leaked(sessions: pl.LazyFrame) -> pl.LazyFrame:
         "count", "process", pl.col("pid").cast(pl.String).fill_null("?"), pl.col("line").cast(pl.String).fill_null("? (before the trace)"),
     )
     return _finish(leaked, "medium", "session-leaked", message, process=True)
+
+
+def _closed_by_finalize(sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """Sessions the application never closed itself: C_Finalize closed them (not a leak yet,
+    but a long-running process that never finalizes would leak them)."""
+    left = (
+        sessions.filter(pl.col("ended_by") == "C_Finalize")
+        .with_columns(pl.col("open_line").alias("line"))
+        .group_by("source", "process", "pid")
+        .agg(pl.col("line").min(), pl.len().cast(pl.Int64).alias("count"), _lines())
+    )
+    message = pl.format(
+        "{} session(s) of process {} left open until C_Finalize closed them (no C_CloseSession), first opened at line {}",
+        "count", "process", pl.col("line").cast(pl.String).fill_null("? (before the trace)"),
+    )
+    return _finish(left, "low", "session-closed-by-finalize", message, process=True)
 
 
 def _login_without_logout(calls: pl.LazyFrame) -> pl.LazyFrame:
@@ -194,8 +219,6 @@ def _weak(calls: pl.LazyFrame) -> pl.LazyFrame:
 
 def _key_templates(calls: pl.LazyFrame) -> pl.LazyFrame:
     """Successful key-creating calls, with the flags of the template that describes the private/secret key."""
-    if "flags" not in calls.collect_schema():
-        return pl.LazyFrame(schema={"source": pl.String, "line": pl.Int64, "func": pl.String, "key": pl.List(pl.String)})
     made = calls.filter(pl.col("func").is_in(KEY_CREATING) & (pl.col("rv") == CKR_OK) & pl.col("flags").is_not_null())
     pair = pl.col("flags").list.eval(
         pl.element().filter(pl.element().str.starts_with("pPrivateKeyTemplate.")).str.strip_prefix("pPrivateKeyTemplate.")
@@ -216,7 +239,8 @@ def _key_templates(calls: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _key_findings(calls: pl.LazyFrame) -> list[pl.LazyFrame]:
+def _key_findings(calls: pl.LazyFrame, flags: pl.LazyFrame | None) -> list[pl.LazyFrame]:
+    calls = attach(calls.filter(pl.col("func").is_in(KEY_CREATING)), flags)
     keys = _key_templates(calls)
     has = lambda text: pl.col("key").list.contains(text)  # noqa: E731
     out = []
@@ -236,17 +260,16 @@ def _key_findings(calls: pl.LazyFrame) -> list[pl.LazyFrame]:
     bits = pl.col("flags").list.eval(
         pl.element().filter(pl.element().str.starts_with("pPublicKeyTemplate.CKA_MODULUS_BITS=")).str.extract(r"=(\d+)$").cast(pl.Int64)
     ).list.first()
-    if "flags" in calls.collect_schema():
-        small = (
-            calls.filter((pl.col("func") == "C_GenerateKeyPair") & (pl.col("rv") == CKR_OK) & pl.col("flags").is_not_null())
-            .with_columns(bits.alias("bits"))
-            .filter(pl.col("bits") < 2048)
-            .group_by("source", "bits")
-            .agg(*_first())
-        )
-        severity = pl.when(pl.col("bits") < 1024).then(pl.lit("high")).otherwise(pl.lit("medium"))
-        message = pl.format("{} RSA key pair(s) of {} bits generated (under 2048); first at line {}", "count", "bits", "line")
-        out.append(_finish(small, severity, "rsa-key-small", message, subject=pl.format("{} bits", "bits")))
+    small = (
+        calls.filter((pl.col("func") == "C_GenerateKeyPair") & (pl.col("rv") == CKR_OK) & pl.col("flags").is_not_null())
+        .with_columns(bits.alias("bits"))
+        .filter(pl.col("bits") < 2048)
+        .group_by("source", "bits")
+        .agg(*_first())
+    )
+    severity = pl.when(pl.col("bits") < 1024).then(pl.lit("high")).otherwise(pl.lit("medium"))
+    message = pl.format("{} RSA key pair(s) of {} bits generated (under 2048); first at line {}", "count", "bits", "line")
+    out.append(_finish(small, severity, "rsa-key-small", message, subject=pl.format("{} bits", "bits")))
     return out
 
 
@@ -275,26 +298,31 @@ def findings(
     calls: pl.LazyFrame,
     *,
     sessions: pl.LazyFrame | None = None,
+    flags: pl.LazyFrame | None = None,
     inputs: list[dict] | None = None,
     pin_failure_threshold: int = 2,
 ) -> pl.LazyFrame:
     """All findings, most severe first.
 
     ``sessions``: the sessions stage's output when already computed (else derived here);
+    ``flags``: ``values.flags_of(calls)``'s frame (key findings need attribute values);
     ``inputs``: ``manifest.json``'s inputs (for unparsed spans); ``pin_failure_threshold``:
     wrong PINs per process from which ``pin-failures-repeated`` is reported.
     """
     frame = derive(calls)
+    if sessions is None:
+        sessions = sessions_stage(frame, flags)
     parts = [
         _secrets(frame),
         _pin_failures(frame, pin_failure_threshold),
         _pin_locked(frame),
         _pin_admin(frame),
-        _leaked(sessions if sessions is not None else sessions_stage(frame)),
+        _leaked(sessions),
+        _closed_by_finalize(sessions),
         _login_without_logout(frame),
         _no_finalize(frame),
         _weak(frame),
-        *_key_findings(frame),
+        *_key_findings(frame, flags),
         *_record_quality(frame),
         _unparsed(inputs),
     ]

@@ -24,6 +24,7 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.stages.common import CKR_OK, CONTINUATION_FUNCS, PROCESS_KEYS, derive, restore_pid
+from pipeline.stages.values import attach
 
 SESSION_COLUMNS = [
     "source", "process", "pid", "session", "slot", "rw", "opened_ts", "closed_ts", "duration_ms", "ended_by",
@@ -49,13 +50,13 @@ def _rw() -> pl.Expr:
     )
 
 
-def _session_table(frame: pl.LazyFrame) -> pl.LazyFrame:
+def session_lives(frame: pl.LazyFrame, flags: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """Every session life with its open, close and end (keys use ``pid_k``)."""
-    has_flags = "flags" in frame.collect_schema()
     opened = (pl.col("func") == "C_OpenSession") & _OK
     handle_keys = [*PROCESS_KEYS, "session"]
     on_handle = (
-        frame.filter(pl.col("session").is_not_null())
+        attach(frame.filter(pl.col("session").is_not_null()), flags)
+        .sort("pos")
         .with_columns(opened.alias("is_open"))
         .with_columns(pl.col("is_open").cum_sum().over(handle_keys).alias("life"))
     )
@@ -63,7 +64,7 @@ def _session_table(frame: pl.LazyFrame) -> pl.LazyFrame:
     lives = on_handle.group_by([*handle_keys, "life"]).agg(
         pl.col("pos").min().alias("start_pos"),
         pl.col("slot").filter(pl.col("is_open")).first().alias("slot"),
-        (_rw().filter(pl.col("is_open")).first() if has_flags else pl.lit(None, pl.Boolean)).alias("rw"),
+        _rw().filter(pl.col("is_open")).first().alias("rw"),
         pl.col("ts").filter(pl.col("is_open")).first().alias("opened_ts"),
         pl.col("line").filter(pl.col("is_open")).first().alias("open_line"),
         pl.col("pos").filter(closed_here).first().alias("close_pos"),
@@ -112,13 +113,17 @@ def _session_table(frame: pl.LazyFrame) -> pl.LazyFrame:
     ).with_columns((pl.col("closed_ts") - pl.col("opened_ts")).dt.total_milliseconds().alias("duration_ms"))
 
 
-def sessions(calls: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per session life (see the module docstring)."""
-    table = _session_table(derive(calls))
+def sessions(calls: pl.LazyFrame, flags: pl.LazyFrame | None = None, lives: pl.LazyFrame | None = None) -> pl.LazyFrame:
+    """One row per session life (see the module docstring).
+
+    ``flags``: ``values.flags_of(calls)``'s frame, for ``rw``; without it ``rw`` is null.
+    ``lives``: ``session_lives(calls, flags)`` when already computed (``analyze`` shares it).
+    """
+    table = lives if lives is not None else session_lives(derive(calls), flags)
     return restore_pid(table).select(SESSION_COLUMNS).sort(["source", "process", "pid", "open_line"], nulls_last=True)
 
 
-def processes(calls: pl.LazyFrame) -> pl.LazyFrame:
+def processes(calls: pl.LazyFrame, lives: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """One row per traced process: sessions, peak concurrency, logins and logouts, finalization.
 
     ``max_concurrent_sessions`` sweeps opens (+1) and ends (-1) in entry order.
@@ -127,7 +132,7 @@ def processes(calls: pl.LazyFrame) -> pl.LazyFrame:
     also ends a login, but the application did not log out, so they still count).
     """
     frame = derive(calls)
-    table = _session_table(frame)
+    table = lives if lives is not None else session_lives(frame)
     per_session = table.group_by(PROCESS_KEYS).agg(
         pl.len().cast(pl.Int64).alias("sessions"),
         pl.col("leaked").sum().cast(pl.Int64).alias("leaked_sessions"),

@@ -5,7 +5,8 @@ is sensitive, extractable or too small (``CKA_SENSITIVE``, ``CKA_EXTRACTABLE``,
 ``CKA_MODULUS_BITS`` in the ``[in]`` templates) are values, and the call record keeps only
 attribute *names*.  Until the parser stores them (a ``flags`` list[str] column, see
 docs/stages.md), they are read back from the source log, for the few records that need them,
-using the record's own line range (``line`` .. ``end_line``).
+using the record's own line range (``line`` .. ``end_line``), and passed to the stages as a
+small ``(source, line, flags)`` frame.
 
 Only whitelisted, non-secret values are read: booleans, object class, key type, modulus bits,
 value length, and ``CKF_RW_SESSION``.  Each becomes a string ``NAME=VALUE``; entries of
@@ -161,14 +162,29 @@ def read_flags(records: pl.DataFrame) -> tuple[pl.DataFrame, list[str]]:
     return pl.DataFrame(rows, schema=SCHEMA, orient="row"), unreadable
 
 
-def with_flags(calls: pl.LazyFrame) -> tuple[pl.LazyFrame, list[str]]:
-    """``calls`` with a ``flags`` column: the parser's if it has one, else read back from the logs."""
-    if "flags" in calls.collect_schema():
-        return calls, []
+def flags_of(calls: pl.LazyFrame) -> tuple[pl.LazyFrame, list[str]]:
+    """``(source, line, flags)`` of the records that need values, and the sources not readable.
+
+    The parser's own ``flags`` column is used when calls.parquet has one; else the values are
+    read back from the logs.  A small frame, joined by the stages to the few rows that use it.
+    """
+    schema = calls.collect_schema()
+    if "flags" in schema:
+        return calls.filter(pl.col("flags").is_not_null()).select("source", "line", "flags"), []
     need = (
         calls.filter(pl.col("func").cast(pl.String).is_in(VALUE_FUNCS) & pl.col("complete") & ~pl.col("uncertain"))
         .select("source", "line", "end_line", pl.col("func").cast(pl.String))
+        .unique(["source", "line"])
         .collect()
     )
     flags, unreadable = read_flags(need)
-    return calls.join(flags.lazy(), on=["source", "line"], how="left"), unreadable
+    return flags.lazy(), unreadable
+
+
+def attach(frame: pl.LazyFrame, flags: pl.LazyFrame | None) -> pl.LazyFrame:
+    """``frame`` with a ``flags`` column (null where none is known)."""
+    if "flags" in frame.collect_schema():
+        return frame
+    if flags is None:
+        return frame.with_columns(pl.lit(None, pl.List(pl.String)).alias("flags"))
+    return frame.join(flags, on=["source", "line"], how="left", maintain_order="left")
