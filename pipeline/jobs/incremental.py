@@ -68,13 +68,28 @@ def unchanged(st: os.stat_result, cp: Checkpoint) -> bool:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns) == (cp.dev, cp.ino, cp.size_seen, cp.mtime_ns)
 
 
+def _resume_json(asm: Assembler) -> dict:
+    """The assembler's resume point as JSON (dict keys become strings), whatever `Start` holds."""
+    start = dataclasses.asdict(asm.resume_point())
+    start.pop("own_from", None)
+    start.pop("own_to", None)
+    start.setdefault("pid_process", dict(asm.pid_process))
+    return {k: ({str(kk): vv for kk, vv in sorted(v.items())} if isinstance(v, dict) else v) for k, v in start.items()}
+
+
+def _start(resume: dict) -> tuple[Start, dict[int, int]]:
+    """A `Start` from a checkpoint's resume point, and the pid → banner map to seed."""
+    names = {f.name for f in dataclasses.fields(Start)}
+    values = {k: ({int(kk): vv for kk, vv in v.items()} if isinstance(v, dict) else v) for k, v in resume.items()}
+    return Start(**{k: v for k, v in values.items() if k in names}), values.get("pid_process", {})
+
+
 @dataclass
 class _Quiet:
     """The assembler at a quiet block end."""
 
     offset: int
-    start: Start
-    pid_process: dict
+    resume: dict
     counts: dict
     coverage: dict
     spans: int
@@ -97,8 +112,7 @@ def _snapshot(asm: Assembler, offset: int, rows: int) -> _Quiet:
     spans = asm.coverage.unparsed_spans
     return _Quiet(
         offset=offset,
-        start=asm.resume_point(),
-        pid_process=dict(asm.pid_process),
+        resume=_resume_json(asm),
         counts=dataclasses.asdict(asm.counts),
         coverage={k: getattr(asm.coverage, k) for k in ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines")},
         spans=len(spans),
@@ -156,8 +170,9 @@ def parse_file(
     if base is None:
         base = Checkpoint(path=path, dev=st.st_dev, ino=st.st_ino, head_len=0, head_sha256="", size_seen=0, mtime_ns=0)
     rows: list[CallRecord] = []
-    asm = Assembler(path, rows.append, Start(base.lines_before, base.process, base.seen_content))
-    asm.pid_process.update({int(k): v for k, v in base.pid_process.items()})
+    start, pid_process = _start(base.resume)
+    asm = Assembler(path, rows.append, start)
+    asm.pid_process.update(pid_process)
     fh.seek(base.offset)
     offset = base.offset
     candidate: _Quiet | None = None  # quiet, but only safe once more data follows it
@@ -195,10 +210,7 @@ def parse_file(
     if confirmed is not None:
         cp.offset = confirmed.offset
         cp.anchor_sha256 = anchor_hash(fh, confirmed.offset)
-        cp.lines_before = confirmed.start.lines_before
-        cp.process = confirmed.start.process
-        cp.seen_content = confirmed.start.seen_content
-        cp.pid_process = {str(k): v for k, v in sorted(confirmed.pid_process.items())}
+        cp.resume = confirmed.resume
     cp.tail_bytes = offset - cp.offset
     warnings = []
     if cp.tail_bytes > BIG_TAIL:

@@ -70,14 +70,15 @@ class Checkpoint:
     mtime_ns: int
     offset: int = 0  # committed up to this byte (a quiet record boundary)
     anchor_sha256: str = ""  # hash of the bytes just before `offset` (detects rewrites in place)
-    lines_before: int = 0
-    process: int = 0
-    seen_content: bool = False
-    pid_process: dict = field(default_factory=dict)  # str(pid) -> banner index
+    resume: dict = field(default_factory=dict)  # the parser's state at `offset` (`assemble.Start` fields)
     committed: Stats = field(default_factory=Stats)
     tail: Stats = field(default_factory=Stats)
     tail_bytes: int = 0  # bytes after `offset` (parsed again next time the file changes)
     missing: bool = False  # the file was not found by the last run (its rows stay)
+
+    @property
+    def lines_before(self) -> int:
+        return int(self.resume.get("lines_before", 0))
 
     @property
     def stats(self) -> Stats:
