@@ -104,6 +104,8 @@ class Start:
     seen_content: bool = False  # a banner or record came before (the next banner is a new process)
     own_from: int = 1
     own_to: int = sys.maxsize
+    pid_process: dict[int, int] = field(default_factory=dict)  # banner index of each pid seen
+    next_seq: dict[int, int] = field(default_factory=dict)  # next counter value of each pid-less process
 
 
 class Assembler:
@@ -120,7 +122,12 @@ class Assembler:
         self._process = start.process
         self._seen_content = start.seen_content
         self.processes_used: set[int] = set()
-        self.pid_process: dict[int, int] = {}
+        self.pid_process: dict[int, int] = dict(start.pid_process)
+        self._next_seq: dict[int, int] = {}
+        self._expecting: dict[int, set[int]] = {}  # next counter value -> processes at it
+        for process, seq in start.next_seq.items():
+            self._expect(process, seq)
+        self._last_pidless = start.process
         self._open: list[_Open] = []
         self._held: list[_Open] = []  # closed, but a call they overlapped may still claim their Returned
         self._headers = 0
@@ -156,7 +163,10 @@ class Assembler:
 
     def resume_point(self) -> Start:
         """Where a new assembler would start to carry on from here (meaningful when `quiet`)."""
-        return Start(lines_before=self.line, process=self._process, seen_content=self._seen_content)
+        return Start(
+            lines_before=self.line, process=self._process, seen_content=self._seen_content,
+            pid_process=dict(self.pid_process), next_seq=dict(self._next_seq),
+        )
 
     def finish(self) -> None:
         """End of input: records still open are incomplete."""
@@ -175,7 +185,7 @@ class Assembler:
             return False
         self._headers += 1
         self._emit(
-            int(seq), func, line + 2, self._process_of(pid), pid, int(tid_text) if tid_text else None, ts,
+            int(seq), func, line + 2, self._process_of(pid, int(seq)), pid, int(tid_text) if tid_text else None, ts,
             int(rv), rv_name, spy.call_fields(func, body), line + nlines, False,
         )
         return True
@@ -210,6 +220,7 @@ class Assembler:
             if self._seen_content or self._open:
                 self._process += 1
             self._seen_content = True
+            self._expect(self._process, 0)
             self.counts.banners += owned
         elif match.group(0).startswith("Error:"):
             self.counts.load_errors += owned
@@ -228,7 +239,7 @@ class Assembler:
             record.ts = match.group(3)
             if match.group(1):
                 record.pid, record.tid = int(match.group(1)), int(match.group(2))
-                record.process = self._process_of(record.pid)
+                record.process = self._process_of(record.pid, record.seq)
                 self._thread_moved_on(record)
         elif kind == "returned":
             record = next((r for r in reversed(self._open) if r.ts is not None), self._open[-1])
@@ -245,7 +256,7 @@ class Assembler:
 
     def _open_record(self, seq: int, func: str, line: int) -> None:
         self._headers += 1
-        record = _Open(seq, func, line, self._process, self._headers, end_line=line)
+        record = _Open(seq, func, line, self._process_of(None, seq), self._headers, end_line=line)
         for other in self._active():
             other.overlaps.append(record)
             record.overlaps.append(other)
@@ -297,15 +308,40 @@ class Assembler:
 
     # --- shared ---
 
-    def _process_of(self, pid: int | None) -> int:
-        """Banner index for a call: a pid keeps the banner it was first seen under.
+    def _process_of(self, pid: int | None, seq: int) -> int:
+        """Banner index for a call.
 
-        A process's banner reaches the file in the same flush as its first record (§2.3),
-        so the newest banner is the right one for a pid seen for the first time.
+        With a pid (0.24+), the pid keeps the banner it was first seen under: a process's
+        banner reaches the file in the same flush as its first record (§2.3), so the newest
+        banner is the right one for a new pid.  Without one, the call goes to the process
+        whose counter it continues (each load of the spy counts 0, 1, 2, ...; §2.4); among
+        several, the one that wrote the previous call (a process flushes whole calls, §7),
+        else the oldest (processes tend to resume in the order they started); with none,
+        the newest banner.
         """
-        if pid is None:
-            return self._process
-        return self.pid_process.setdefault(pid, self._process)
+        if pid is not None:
+            return self.pid_process.setdefault(pid, self._process)
+        continuing = self._expecting.get(seq)
+        if not continuing:
+            process = self._process
+        elif len(continuing) == 1:
+            (process,) = continuing
+        else:
+            process = self._last_pidless if self._last_pidless in continuing else min(continuing)
+        self._expect(process, seq + 1)
+        self._last_pidless = process
+        return process
+
+    def _expect(self, process: int, seq: int) -> None:
+        """Note the counter value ``process`` will print next (an index by value, for speed)."""
+        old = self._next_seq.get(process)
+        if old is not None:
+            waiting = self._expecting[old]
+            waiting.discard(process)
+            if not waiting:
+                del self._expecting[old]
+        self._next_seq[process] = seq
+        self._expecting.setdefault(seq, set()).add(process)
 
     def _emit(self, seq, func, line, process, pid, tid, ts, rv, rv_name, fields, end_line, uncertain) -> None:
         self._seen_content = True

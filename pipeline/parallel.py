@@ -9,7 +9,9 @@ cheap byte-level pre-pass (newline and banner counts), so no worker waits for an
 
 One thing only a single pass knows is which banner a pid was first seen under, when that
 was in an earlier range; the parts are therefore concatenated with a pid → process remap
-taken from the worker that saw each pid first.
+taken from the worker that saw each pid first.  Without pids (before OpenSC 0.24) several
+processes in one file are told apart by following their counters from the start, so such a
+file is parsed by one worker.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ SPILL_LIMIT_LINES = 20_000  # give up on a record still open this far past the r
 _BANNER = b"*************** OpenSC PKCS#11 spy *****************"
 _BOUNDARY = re.compile(rb"\n\n\d+: ")
 _HEADER = re.compile(rb"(?:^|\n)\d+: \S+\r?\n")
+_PIDLESS_TS = re.compile(rb"\n\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\r?\n")
 
 
 def default_workers() -> int:
@@ -53,6 +56,7 @@ class Layout:
     banner_offsets: list[int]
     first_header: int  # byte offset of the first header line, or size if none
     sha256: str
+    pidless: bool  # some timestamps carry no P:<pid> (before 0.24)
 
     def process_at(self, offset: int) -> tuple[int, bool]:
         """Banner index in force at ``offset``, and whether any banner or record came before."""
@@ -73,6 +77,7 @@ def scan_layout(path: str, chunk: int = 8 << 20) -> tuple[Layout, list[int], lis
     starts: list[int] = []
     newlines_before: list[int] = []
     first_header = -1
+    pidless = False
     offset = newlines = 0
     tail = b""
     with open(path, "rb") as fh:
@@ -89,10 +94,11 @@ def scan_layout(path: str, chunk: int = 8 << 20) -> tuple[Layout, list[int], lis
                 pos = window.find(_BANNER, pos + 1)
             if first_header < 0 and (m := _HEADER.search(window)):
                 first_header = base + m.start() + (window[m.start() : m.start() + 1] == b"\n")
+            pidless = pidless or _PIDLESS_TS.search(window) is not None
             newlines += data.count(b"\n")
             offset += len(data)
             tail = data[-len(_BANNER) :]
-    layout = Layout(offset, sorted(set(banners)), first_header if first_header >= 0 else offset, digest.hexdigest())
+    layout = Layout(offset, sorted(set(banners)), first_header if first_header >= 0 else offset, digest.hexdigest(), pidless)
     return layout, starts, newlines_before
 
 
@@ -145,6 +151,8 @@ def plan(path: str, workers: int, min_range: int = MIN_RANGE_BYTES, warmup: int 
     if workers < 2:
         return None
     layout, starts, newlines_before = scan_layout(path)
+    if len(layout.banner_offsets) > 1 and layout.pidless:
+        return None  # pid-less processes are told apart by their counters: one pass only
     cuts = [0]
     for k in range(1, workers):
         cut = _boundary_at_or_after(path, size * k // workers, size)
