@@ -334,3 +334,16 @@ def test_no_matching_input_is_exit_2_and_init_writes_a_valid_example(tmp_path):
         write_example(path)
     done = subprocess.run([P11LENS, "job", "--init", str(tmp_path / "x.toml")], capture_output=True, text=True)
     assert done.returncode == 0 and (tmp_path / "x.toml").read_text() == EXAMPLE
+
+
+def test_many_small_runs_are_compacted_and_still_equal_one_shot(traces, tmp_path):
+    data = traces["mixed"].read_bytes()
+    log = tmp_path / "live.log"
+    cfg = config(tmp_path, [str(log)], compact_parts=2)
+    for k in range(1, 6):
+        grow(log, data, len(data) * k // 5)
+        job(cfg)
+    state = load_state(tmp_path / "out" / "job" / "state.json")
+    committed = [p for p in state.parts if p.tail_of is None]
+    assert 1 <= len(committed) <= 3
+    assert_equals_one_shot(tmp_path / "out", [log], tmp_path / "one")

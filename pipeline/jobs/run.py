@@ -65,6 +65,7 @@ class RunReport:
     parts_added: int = 0
     parts_removed: int = 0
     bytes_parsed: int = 0
+    timings: dict = field(default_factory=dict)  # seconds per phase
 
 
 def _expand(cfg: JobConfig) -> list[str]:
@@ -195,6 +196,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
         new_files[src] = cp
 
     # 2. parse what is new: final rows into a staging file, tails kept apart
+    lap = time.perf_counter()
     staging = jobdir / f".staging.parquet.tmp-{os.getpid()}"
     tails: dict[str, list] = {}
     try:
@@ -220,6 +222,8 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
         finally:
             calls.close()
         kill("parsed")
+        report.timings["parse"] = round(time.perf_counter() - lap, 3)
+        lap = time.perf_counter()
         # 3. write parts: the final rows by day, each changed file's new tail by day
         if calls.written:
             added += writer.write_lazy(pl.scan_parquet(staging))
@@ -253,6 +257,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
         dropped += d
         added += a
     writer.sync()
+    report.timings["write"] = round(time.perf_counter() - lap, 3)
     kill("written")
 
     # 5. commit
@@ -353,11 +358,15 @@ def _outputs(cfg: JobConfig, out: Path, jobdir: Path, state: State, report: RunR
         else:
             if cfg.fail_on and cfg.baseline is None and (out / "manifest.json").is_file() and current is not None:
                 _keep_previous(out, previous)
+            lap = time.perf_counter()
             write_json(out / "manifest.json", _manifest(cfg, state, calls_dir, parts))
             analyze(out, bucket=cfg.bucket, calls=dataset.scan(calls_dir, parts))
+            report.timings["analyze"] = round(time.perf_counter() - lap, 3)
             kill("analyzed")
+            lap = time.perf_counter()
             if cfg.formats:
                 write_reports(out, cfg.formats, load_report(out))
+            report.timings["report"] = round(time.perf_counter() - lap, 3)
             write_json(marker, {"fingerprint": fingerprint, "serial": state.serial})
             report.analyzed = True
     if cfg.fail_on and (out / "manifest.json").is_file() and (out / "latency.parquet").is_file():
@@ -400,6 +409,7 @@ def _append_run(out: Path, cfg: JobConfig, started: datetime, report: RunReport,
         "parts_removed": report.parts_removed,
         "analyzed": report.analyzed,
         "thresholds_crossed": report.crossed,
+        "timings_s": report.timings,
         "warnings": report.warnings,
     }
     if error:
