@@ -2,7 +2,7 @@
 
 The calls are read lazily, only the columns the stages use; the per-call facts all stages
 share (latency, category, family, operation mechanism: ``stages.common.derive``) are computed
-once with the streaming engine and held in memory for the stages (about 120 bytes per call).  Each
+once with the streaming engine and held in memory for the stages (about 150 bytes per call).  Each
 stage's result is written atomically to ``OUT/<stage>.parquet`` and listed, with its row count,
 in the ``stages`` section of ``OUT/manifest.json``.
 """
