@@ -382,13 +382,14 @@ def _outputs(cfg: JobConfig, out: Path, jobdir: Path, state: State, report: RunR
 
 def _keep_previous(out: Path, previous: Path) -> None:
     """Copy the current outputs aside (the baseline of `fail_on` when none is configured)."""
-    tmp = previous.with_name(f".previous.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for leftover in previous.parent.glob(".previous-*"):  # a killed run's
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp = previous.with_name(f".previous-new-{os.getpid()}")
     tmp.mkdir()
     for name in ("manifest.json", *(f"{s}.parquet" for s in STAGE_FILES)):
         if (out / name).is_file():
             shutil.copy2(out / name, tmp / name)
-    old = previous.with_name(f".previous.old-{os.getpid()}")
+    old = previous.with_name(f".previous-old-{os.getpid()}")
     if previous.exists():
         previous.rename(old)
     tmp.rename(previous)
