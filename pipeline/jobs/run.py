@@ -26,7 +26,7 @@ from pathlib import Path
 import polars as pl
 
 from pipeline import __version__
-from pipeline.errors import EXIT_FINDINGS, EXIT_OK, P11lensError
+from pipeline.errors import EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, P11lensError
 from pipeline.jobs import dataset
 from pipeline.jobs.config import JobConfig
 from pipeline.jobs.incremental import changed_reason, parse_file, unchanged
@@ -100,6 +100,10 @@ def run_job(cfg: JobConfig) -> RunReport:
         except P11lensError as exc:
             report.exit_code = exc.exit_code
             _append_run(out, cfg, started, report, error=str(exc))
+            raise
+        except Exception as exc:  # a bug: still leave a line for whoever reads runs.jsonl
+            report.exit_code = EXIT_INTERNAL
+            _append_run(out, cfg, started, report, error=f"internal error: {type(exc).__name__}: {exc}")
             raise
         _append_run(out, cfg, started, report)
     return report
