@@ -210,7 +210,7 @@ _BUFFER_RE = re.compile(
     r"\n\[(in|out)\] (?!pMechanism)([A-Za-z*][^\s\[]*)(?:\[[^\]\n]*\])?(?: =)? "
     r"(?:([0-9a-f]{8}(?:[0-9a-f]{8})?) / (-?\d+)|NULL \[size : 0x[0-9A-F]+ \((-?\d+)\)\]|EMPTY)"
 )
-_TEMPLATE_RE = re.compile(r"\n\[(in|out)\] \w+\[\d+\]: ?\n")
+_TEMPLATE_RE = re.compile(r"\n\[(in|out)\] (\w+)\[\d+\]: ?\n")
 _ENTRY_RE = re.compile(r"\n    (CKA_[A-Z0-9_]+(?:\((?:NSS|Netsc)\))?|CKA_\? \(0x[0-9a-f]{8}\))")
 _SECRET_ENTRY_RE = re.compile(
     r"\n    (CKA_VALUE|CKA_PRIVATE_EXPONENT|CKA_PRIME_1|CKA_PRIME_2|CKA_EXPONENT_1|CKA_EXPONENT_2"
@@ -265,6 +265,7 @@ class CallFields(NamedTuple):
     attributes: list[str] | None
     created: list[int] | None
     secrets: list[str] | None
+    flags: list[str] | None
 
 
 def call_fields(func: str, body: str) -> CallFields:
@@ -319,12 +320,17 @@ def call_fields(func: str, body: str) -> CallFields:
             if kind is not None:
                 secrets = [*secrets, f"{kind}:{name}"] if secrets else [f"{kind}:{name}"]
 
-    attributes = None
+    attributes = flags = None
     if "emplate[" in body:
         attributes, key_secrets = _template_fields(body)
         if key_secrets:
             secrets = [*(secrets or []), *key_secrets]
-    return CallFields(slot, session, obj, mechanism, user_type, in_len, out_len, attributes, created, secrets)
+        if func in VALUE_FUNCS:
+            flags = _template_values(body)
+    elif func == "C_OpenSession":
+        m = _SESSION_FLAGS_RE.search(body)
+        flags = [f"CKF_RW_SESSION={bool(int(m.group(1), 16) & CKF_RW_SESSION)}"] if m else None
+    return CallFields(slot, session, obj, mechanism, user_type, in_len, out_len, attributes, created, secrets, flags)
 
 
 def _template_fields(body: str) -> tuple[list[str] | None, list[str]]:
@@ -340,6 +346,43 @@ def _template_fields(body: str) -> tuple[list[str] | None, list[str]]:
             continue  # a certificate's or public key's CKA_VALUE is not secret
         secrets.extend("key:" + name for name in _SECRET_ENTRY_RE.findall(section))
     return (names or None), secrets
+
+
+# Non-secret argument values the audit needs (read-write sessions; key attributes in templates).
+VALUE_FUNCS = frozenset(
+    {"C_GenerateKey", "C_GenerateKeyPair", "C_CreateObject", "C_CopyObject", "C_UnwrapKey", "C_DeriveKey"}
+)
+CKF_RW_SESSION = 0x2
+_SESSION_FLAGS_RE = re.compile(r"\n\[in\] flags = 0x([0-9a-f]+)\n")
+_VALUE_ENTRY_RE = re.compile(
+    r"\n    (CKA_[A-Z0-9_]+) +(?:(True|False)|(CK[OK]_\w+)|[0-9a-f]{8}(?:[0-9a-f]{8})? / [1-8]\n    00000000  ((?:[0-9A-F]{2} ){1,8}))"
+)
+_INT_ATTRS = frozenset({"CKA_MODULUS_BITS", "CKA_VALUE_LEN"})
+_ENUM_ATTRS = frozenset({"CKA_CLASS", "CKA_KEY_TYPE"})
+
+
+def _template_values(body: str) -> list[str] | None:
+    """``NAME=VALUE`` for booleans, class, key type and sizes in the ``[in]`` templates.
+
+    Only these non-secret kinds are read; entries of a template other than ``pTemplate``
+    are prefixed with its name (``pPrivateKeyTemplate.CKA_SENSITIVE=False``).  Integers are
+    the native (little-endian) ``CK_ULONG`` bytes of the dump's first row.
+    """
+    out: list[str] = []
+    for head in _TEMPLATE_RE.finditer(body):
+        if head.group(1) != "in":
+            continue
+        end = body.find("\n[", head.end() - 1)
+        section = body[head.end() - 1 : end if end >= 0 else len(body)]
+        prefix = "" if head.group(2) == "pTemplate" else head.group(2) + "."
+        for name, boolean, enum, raw in _VALUE_ENTRY_RE.findall(section):
+            if boolean:
+                out.append(f"{prefix}{name}={boolean}")
+            elif enum and name in _ENUM_ATTRS:
+                out.append(f"{prefix}{name}={enum}")
+            elif raw and name in _INT_ATTRS:
+                out.append(f"{prefix}{name}={int.from_bytes(bytes.fromhex(raw.replace(' ', '')), 'little')}")
+    return out or None
 
 
 # --- dialect hints ---

@@ -23,7 +23,6 @@ from pipeline.stages.findings import findings
 from pipeline.stages.latency import latency, latency_over_time, parse_bucket
 from pipeline.stages.mechanisms import mechanisms
 from pipeline.stages.sessions import processes, session_lives, sessions
-from pipeline.stages.values import flags_of
 from pipeline.store import ensure_dir, write_frame, write_json
 
 log = logging.getLogger(__name__)
@@ -74,11 +73,8 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
         parse_bucket(bucket)  # a bad option fails before any work
     given = calls is not None
     calls = calls if given else _open_calls(out_dir)
-    has_flags = "flags" in calls.collect_schema()
     ensure_dir(out_dir)
     manifest = _read_manifest(out_dir)
-    flags, unreadable = flags_of(calls)
-    flags = flags.collect().lazy()
     results: dict[str, dict] = {}
     lap = time.perf_counter()
     # The shared per-call facts, computed once (streaming engine) and held by every stage.
@@ -89,16 +85,16 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
         ("latency", lambda: latency(frame)),
         ("latency_over_time", lambda: latency_over_time(frame, bucket)),
         ("errors", lambda: errors(frame)),
-        ("sessions", lambda: sessions(frame, flags, lives=lives)),
+        ("sessions", lambda: sessions(frame, lives=lives)),
         ("processes", lambda: processes(frame, lives=lives)),
         ("mechanisms", lambda: mechanisms(frame)),
         ("findings", lambda: findings(
-            frame, sessions=pl.scan_parquet(out_dir / "sessions.parquet"), flags=flags, inputs=manifest.get("inputs")
+            frame, sessions=pl.scan_parquet(out_dir / "sessions.parquet"), inputs=manifest.get("inputs")
         )),
     ):
         lap = time.perf_counter()
         if name == "sessions":
-            lives = session_lives(frame, flags).collect().lazy()
+            lives = session_lives(frame).collect().lazy()
         results[name] = {"file": f"{name}.parquet", "rows": write_frame(make(), out_dir / f"{name}.parquet")}
         timings[name] = round(time.perf_counter() - lap, 3)
     del frame
@@ -108,8 +104,6 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
         "outputs": results,
         "bucket_seconds": bucket_seconds,
         "findings_by_severity": dict(sorted(by_severity)),
-        "values_read_from_logs": not has_flags,
-        "unreadable_sources": unreadable,
         "latency": "upper bound: ms to the next call entry of the same (source, process, pid, tid); 1 ms resolution",
         "elapsed_s": round(time.perf_counter() - started, 3),
         "timings_s": timings,

@@ -364,7 +364,7 @@ class Assembler:
                 mechanism_name(fields.mechanism) if fields.mechanism else None,
                 user_type_name(fields.user_type) if fields.user_type else None,
                 fields.in_len, fields.out_len, fields.attributes, fields.created,
-                end_line, uncertain, fields.secrets,
+                end_line, uncertain, fields.secrets, fields.flags,
             )
         )
 

@@ -45,6 +45,7 @@ class CallRecord(NamedTuple):
     end_line: int
     uncertain: bool
     secrets: list[str] | None
+    flags: list[str] | None
 
 
 CALLS_SCHEMA = pa.schema(
@@ -72,6 +73,7 @@ CALLS_SCHEMA = pa.schema(
         pa.field("end_line", pa.int64(), nullable=False),
         pa.field("uncertain", pa.bool_(), nullable=False),
         pa.field("secrets", pa.list_(pa.string())),
+        pa.field("flags", pa.list_(pa.string())),
     ],
     metadata={
         b"p11lens.table": b"calls",

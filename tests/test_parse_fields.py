@@ -112,3 +112,15 @@ def test_interleaved_record_keeps_its_session(calls):
     """06 line 446: ``39: C_Encrypt`` whose timestamp and lines arrive after another call's."""
     row = record(calls, "06-multithread_0.27.1.log", 39, "C_Encrypt")
     assert row["uncertain"] and row["complete"]
+
+
+def test_non_secret_values_in_flags(calls):
+    """02-keygen-sign 0.27.1: the RSA pair's templates and the session's read-write flag."""
+    log = "02-keygen-sign_0.27.1.log"
+    assert record(calls, log, 15, "C_OpenSession")["flags"] == ["CKF_RW_SESSION=True"]  # [in] flags = 0x6
+    flags = record(calls, log, 17, "C_GenerateKeyPair")["flags"]
+    assert "pPublicKeyTemplate.CKA_MODULUS_BITS=1024" in flags
+    assert "pPrivateKeyTemplate.CKA_SENSITIVE=True" in flags and "pPrivateKeyTemplate.CKA_CLASS=CKO_PRIVATE_KEY" in flags
+    aes = record(calls, log, 34, "C_GenerateKey")["flags"]
+    assert "CKA_VALUE_LEN=16" in aes and "CKA_EXTRACTABLE=True" in aes  # dump row "10 00 00 00 ..."
+    assert record(calls, log, 16, "C_Login")["flags"] is None

@@ -39,7 +39,6 @@ import polars as pl
 from pipeline.stages.common import CKR_OK, CKR_PIN_INCORRECT, CKR_PIN_LOCKED, PROCESS_KEYS, derive
 from pipeline.stages.mechanisms import mechanism_uses, weakness_table
 from pipeline.stages.sessions import sessions as sessions_stage
-from pipeline.stages.values import attach
 
 COLUMNS = ["severity", "code", "message", "source", "line", "count", "process", "subject", "lines"]
 SCHEMA = {
@@ -239,8 +238,8 @@ def _key_templates(calls: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _key_findings(calls: pl.LazyFrame, flags: pl.LazyFrame | None) -> list[pl.LazyFrame]:
-    calls = attach(calls.filter(pl.col("func").is_in(KEY_CREATING)), flags)
+def _key_findings(calls: pl.LazyFrame) -> list[pl.LazyFrame]:
+    calls = calls.filter(pl.col("func").is_in(KEY_CREATING))
     keys = _key_templates(calls)
     has = lambda text: pl.col("key").list.contains(text)  # noqa: E731
     out = []
@@ -298,20 +297,18 @@ def findings(
     calls: pl.LazyFrame,
     *,
     sessions: pl.LazyFrame | None = None,
-    flags: pl.LazyFrame | None = None,
     inputs: list[dict] | None = None,
     pin_failure_threshold: int = 2,
 ) -> pl.LazyFrame:
     """All findings, most severe first.
 
     ``sessions``: the sessions stage's output when already computed (else derived here);
-    ``flags``: ``values.flags_of(calls)``'s frame (key findings need attribute values);
     ``inputs``: ``manifest.json``'s inputs (for unparsed spans); ``pin_failure_threshold``:
     wrong PINs per process from which ``pin-failures-repeated`` is reported.
     """
     frame = derive(calls)
     if sessions is None:
-        sessions = sessions_stage(frame, flags)
+        sessions = sessions_stage(frame)
     parts = [
         _secrets(frame),
         _pin_failures(frame, pin_failure_threshold),
@@ -322,7 +319,7 @@ def findings(
         _login_without_logout(frame),
         _no_finalize(frame),
         _weak(frame),
-        *_key_findings(frame, flags),
+        *_key_findings(frame),
         *_record_quality(frame),
         _unparsed(inputs),
     ]

@@ -12,8 +12,8 @@ a successful ``C_CloseSession`` of it, a successful ``C_CloseAllSessions`` of it
 same process, a successful ``C_Finalize`` of the process; otherwise ``ended_by`` is ``never``
 and it is ``leaked``.
 
-``rw`` comes from the open's ``flags`` (``CKF_RW_SESSION``); calls.parquet keeps no flags, so
-it is read back from the log (``values.py``) and is null when the log is not readable.
+``rw`` comes from the open's ``flags`` (``CKF_RW_SESSION=True|False``, read by the parser from
+``[in] flags``); it is null for a calls table without that column.
 ``operations`` counts logical operations: an Init and its Update/Final/one-shot calls (and
 C_FindObjectsInit with its C_FindObjects/C_FindObjectsFinal) count once; C_OpenSession and
 C_CloseSession do not count.  ``logged_in``: a successful C_Login/C_LoginUser was made on it.
@@ -24,7 +24,6 @@ from __future__ import annotations
 import polars as pl
 
 from pipeline.stages.common import CKR_OK, CONTINUATION_FUNCS, PROCESS_KEYS, derive, restore_pid
-from pipeline.stages.values import attach
 
 SESSION_COLUMNS = [
     "source", "process", "pid", "session", "slot", "rw", "opened_ts", "closed_ts", "duration_ms", "ended_by",
@@ -50,12 +49,12 @@ def _rw() -> pl.Expr:
     )
 
 
-def session_lives(frame: pl.LazyFrame, flags: pl.LazyFrame | None = None) -> pl.LazyFrame:
+def session_lives(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Every session life with its open, close and end (keys use ``pid_k``)."""
     opened = (pl.col("func") == "C_OpenSession") & _OK
     handle_keys = [*PROCESS_KEYS, "session"]
     on_handle = (
-        attach(frame.filter(pl.col("session").is_not_null()), flags)
+        frame.filter(pl.col("session").is_not_null())
         .sort("pos")
         .with_columns(opened.alias("is_open"))
         .with_columns(pl.col("is_open").cum_sum().over(handle_keys).alias("life"))
@@ -113,13 +112,12 @@ def session_lives(frame: pl.LazyFrame, flags: pl.LazyFrame | None = None) -> pl.
     ).with_columns((pl.col("closed_ts") - pl.col("opened_ts")).dt.total_milliseconds().alias("duration_ms"))
 
 
-def sessions(calls: pl.LazyFrame, flags: pl.LazyFrame | None = None, lives: pl.LazyFrame | None = None) -> pl.LazyFrame:
+def sessions(calls: pl.LazyFrame, lives: pl.LazyFrame | None = None) -> pl.LazyFrame:
     """One row per session life (see the module docstring).
 
-    ``flags``: ``values.flags_of(calls)``'s frame, for ``rw``; without it ``rw`` is null.
-    ``lives``: ``session_lives(calls, flags)`` when already computed (``analyze`` shares it).
+    ``lives``: ``session_lives(calls)`` when already computed (``analyze`` shares it).
     """
-    table = lives if lives is not None else session_lives(derive(calls), flags)
+    table = lives if lives is not None else session_lives(derive(calls))
     return restore_pid(table).select(SESSION_COLUMNS).sort(["source", "process", "pid", "open_line"], nulls_last=True)
 
 
