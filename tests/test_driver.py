@@ -222,11 +222,32 @@ def test_spy_timestamps_fall_inside_the_drivers_clock_window(driver_run):
 
 
 def test_process_column_is_the_banner_of_the_writing_process(driver_run):
-    """Without pids (the Debian 0.23 spy) the parser follows each process's counter."""
+    """Without pids (the Debian 0.23 spy) the parser follows each process's counter.
+
+    Processes that run the same code reach the same counter values; when two of them stand
+    at the same value the text cannot say which one wrote the next call, so a pid-less
+    multi-process trace is checked only up to the first such tie.
+    """
     truth, calls = driver_run["truth"], driver_run["calls"]
     banner = {p["index"]: p["banner_index"] for p in truth["processes"]}
+    if len(truth["processes"]) > 1 and calls["pid"].is_null().all():
+        first_tie = _first_counter_tie(calls)
+        truth = {**truth, "ops": [op for op in truth["ops"] if op["trace_lines"] and op["trace_lines"][1] < first_tie]}
+        assert truth["ops"], "no operation before the first tie: nothing checked"
     for op in truth["ops"]:
         assert {r["process"] for r in rows_of(calls, op)} <= {banner[op["process"]]}, op["index"]
+
+
+def _first_counter_tie(calls) -> int:
+    """Line of the first call whose counter value two processes were both waiting for."""
+    waiting: dict[int, int] = {}  # process -> next counter value, replayed from the rows
+    for line, seq, process in calls.sort("line").select("line", "seq", "process").iter_rows():
+        if seq == 0:
+            waiting[process] = 0
+        if sum(1 for expected in waiting.values() if expected == seq) > 1:
+            return line
+        waiting[process] = seq + 1
+    return 1 << 62
 
 
 def test_no_pin_in_any_output(driver_run):
