@@ -30,62 +30,47 @@ def iter_blocks(
     block_size: int = BLOCK_SIZE,
 ) -> Iterator[str]:
     """Yield decoded text blocks; each starts at a line start, and all but the last end in ``\\n``."""
+    for _, text in iter_sized_blocks(stream, digest, on_bytes, block_size):
+        yield text
+
+
+def iter_sized_blocks(
+    stream: BinaryIO,
+    digest: hashlib._Hash | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    block_size: int = BLOCK_SIZE,
+    split_tail: bool = False,
+) -> Iterator[tuple[int, str]]:
+    """Yield ``(raw byte length, text)`` blocks cut at record boundaries.
+
+    The byte lengths give the file offset of every block end (incremental parsing,
+    ``pipeline.jobs``).  With ``split_tail`` the data left at the end is cut once more at its
+    last record boundary, so that only the last record (which a writer may still be
+    appending to) is in the final block.
+    """
     pending = bytearray()
-    while True:
-        chunk = stream.read(block_size)
-        if chunk:
-            if digest is not None:
-                digest.update(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-            pending += chunk
-            if len(pending) < block_size:
-                continue
-            cut = _cut(pending)
-            if cut == 0 and len(pending) > MAX_BLOCKS_WITHOUT_BLANK * block_size:
-                cut = pending.rfind(b"\n") + 1
-            if cut == 0:
-                continue  # one record larger than a block: keep reading until it ends
-        else:
-            cut = len(pending)
-        if cut:
-            yield _decode(bytes(pending[:cut]))
+    while chunk := stream.read(block_size):
+        if digest is not None:
+            digest.update(chunk)
+        if on_bytes is not None:
+            on_bytes(len(chunk))
+        pending += chunk
+        if len(pending) < block_size:
+            continue
+        cut = _cut(pending)
+        if cut == 0 and len(pending) > MAX_BLOCKS_WITHOUT_BLANK * block_size:
+            cut = pending.rfind(b"\n") + 1
+        if cut:  # else one record larger than a block: keep reading until it ends
+            yield cut, _decode(bytes(pending[:cut]))
             del pending[:cut]
-        if not chunk:
-            return
+    cut = _cut(pending) if split_tail else 0
+    if cut:
+        yield cut, _decode(bytes(pending[:cut]))
+        del pending[:cut]
+    if pending:
+        yield len(pending), _decode(bytes(pending))
 
 
 def _decode(raw: bytes) -> str:
     text = raw.decode("latin-1")
     return text.replace("\r\n", "\n") if "\r" in text else text
-
-
-def iter_sized_blocks(stream: BinaryIO, block_size: int = BLOCK_SIZE) -> Iterator[tuple[int, str]]:
-    """Like `iter_blocks`, but yield ``(raw byte length, text)`` and cut the end finer.
-
-    For incremental parsing (``pipeline.jobs``): the byte lengths give the file offset of every
-    block end, and at the end of the data the rest is split once more at its last record
-    boundary, so that only the last record (which a writer may still be appending to) is in
-    the final block.  Every block but the last ends just before a blank line.
-    """
-    pending = bytearray()
-    while True:
-        chunk = stream.read(block_size)
-        if chunk:
-            pending += chunk
-            if len(pending) < block_size:
-                continue
-            cut = _cut(pending)
-            if cut == 0 and len(pending) > MAX_BLOCKS_WITHOUT_BLANK * block_size:
-                cut = pending.rfind(b"\n") + 1
-            if cut:
-                yield cut, _decode(bytes(pending[:cut]))
-                del pending[:cut]
-            continue
-        cut = _cut(pending)
-        if cut:
-            yield cut, _decode(bytes(pending[:cut]))
-            del pending[:cut]
-        if pending:
-            yield len(pending), _decode(bytes(pending))
-        return

@@ -178,7 +178,7 @@ def parse_file(
     candidate: _Quiet | None = None  # quiet, but only safe once more data follows it
     confirmed: _Quiet | None = None
     committed = 0
-    for nbytes, text in iter_sized_blocks(fh):
+    for nbytes, text in iter_sized_blocks(fh, split_tail=True):
         if candidate is not None:
             confirmed = candidate
             candidate = None
