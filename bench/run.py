@@ -11,7 +11,7 @@ time and the peak RSS of each command:
 * ``p11lens parse`` with 1 and 2 workers, ``p11lens analyze``, ``p11lens run``;
 * ``p11lens analyze`` on a calls table of 3 million rows (the parsed trace, repeated).
 
-Figures are MB/s, records/s, peak RSS (per process, from ``wait4``) and ratios to the
+Figures are MB/s, records/s, peak RSS (of the largest process, from GNU time) and ratios to the
 baseline and to ``grep -c``.  Ratios are what to compare across machines; absolute numbers
 drift with the machine and its load.
 """
@@ -26,6 +26,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -53,15 +54,24 @@ def build_trace(size_mb: int) -> Path:
     return path
 
 
-def measure(cmd: list[str], stdout=subprocess.DEVNULL) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command (its largest process)."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.PIPE, cwd=ROOT)
-    _, status, usage = os.wait4(proc.pid, 0)
-    elapsed = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) not in (0, 1):
-        raise SystemExit(f"bench: {' '.join(cmd)} failed: {proc.stderr.read().decode()[-500:]}")
-    return elapsed, usage.ru_maxrss
+def measure(cmd: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS (KiB) of one command's largest process.
+
+    Output goes to a file, not /dev/null (GNU grep stops at the first match when it sees
+    /dev/null); the RSS comes from GNU time, since a forked child's ``wait4`` figure would
+    include the Python parent's memory from before ``exec``.
+    """
+    timed = ["/usr/bin/time", "-f", "%M", *cmd] if os.path.exists("/usr/bin/time") else cmd
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        start = time.perf_counter()
+        proc = subprocess.run(timed, stdout=out, stderr=err, cwd=ROOT)
+        elapsed = time.perf_counter() - start
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"bench: {' '.join(cmd)} failed: {stderr[-500:]}")
+    peak = int(stderr.strip().splitlines()[-1]) if timed is not cmd else 0
+    return elapsed, peak
 
 
 def calls_of(out: Path) -> int:

@@ -14,6 +14,8 @@ rules (format notes §6-§8):
   (Another process's chunks may arrive hundreds of records later, §7, so age alone is no
   reason to give up.)
 
+Which process (banner) a call belongs to is `pipeline.processes`' concern.
+
 A record that overlapped another *active* record of the same process (or of an unknown
 one) is marked ``uncertain``: which of them a detached line belongs to is a guess.  An open
 record that received nothing during the last 32 calls no longer counts as active, so one
@@ -28,6 +30,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from grammars import spy
+from pipeline.processes import ProcessTracker
 from pipeline.records import CallRecord, mechanism_name, user_type_name
 
 ACTIVE_HEADERS = 32
@@ -105,7 +108,11 @@ class Start:
     own_from: int = 1
     own_to: int = sys.maxsize
     pid_process: dict[int, int] = field(default_factory=dict)  # banner index of each pid seen
-    next_seq: dict[int, int] = field(default_factory=dict)  # next counter value of each pid-less process
+    next_seq: dict[int, int] = field(default_factory=dict)  # next counter value of each process
+    last_pidless: int = 0  # process of the previous header (see `ProcessTracker`)
+
+    def tracker(self) -> ProcessTracker:
+        return ProcessTracker(self.process, self.seen_content, self.last_pidless, dict(self.next_seq), dict(self.pid_process))
 
 
 class Assembler:
@@ -119,15 +126,8 @@ class Assembler:
         self.dialects: set[str] = set()
         self.line = start.lines_before
         self.own_from, self.own_to = start.own_from, start.own_to
-        self._process = start.process
-        self._seen_content = start.seen_content
+        self.tracker = start.tracker()
         self.processes_used: set[int] = set()
-        self.pid_process: dict[int, int] = dict(start.pid_process)
-        self._next_seq: dict[int, int] = {}
-        self._expecting: dict[int, set[int]] = {}  # next counter value -> processes at it
-        for process, seq in start.next_seq.items():
-            self._expect(process, seq)
-        self._last_pidless = start.process
         self._open: list[_Open] = []
         self._held: list[_Open] = []  # closed, but a call they overlapped may still claim their Returned
         self._headers = 0
@@ -163,10 +163,15 @@ class Assembler:
 
     def resume_point(self) -> Start:
         """Where a new assembler would start to carry on from here (meaningful when `quiet`)."""
+        t = self.tracker
         return Start(
-            lines_before=self.line, process=self._process, seen_content=self._seen_content,
-            pid_process=dict(self.pid_process), next_seq=dict(self._next_seq),
+            lines_before=self.line, process=t.process, seen_content=t.seen,
+            pid_process=dict(t.pid_process), next_seq=dict(t.next_seq), last_pidless=t.last_pidless,
         )
+
+    @property
+    def pid_process(self) -> dict[int, int]:
+        return self.tracker.pid_process
 
     def finish(self) -> None:
         """End of input: records still open are incomplete."""
@@ -184,8 +189,11 @@ class Assembler:
         if self._open and any(_same_process(other, pid) for other in self._active()):
             return False
         self._headers += 1
+        process = self.tracker.header(int(seq))
+        if pid is not None:
+            process = self.tracker.pid(pid)
         self._emit(
-            int(seq), func, line + 2, self._process_of(pid, int(seq)), pid, int(tid_text) if tid_text else None, ts,
+            int(seq), func, line + 2, process, pid, int(tid_text) if tid_text else None, ts,
             int(rv), rv_name, spy.call_fields(func, body), line + nlines, False,
         )
         return True
@@ -200,6 +208,8 @@ class Assembler:
         used = False
         for unit in units:
             kind, match = spy.classify(unit)
+            if kind == "header" and len(units) > 1:
+                kind = "foreign"  # a header is a whole line (its unit starts and ends with a newline)
             if kind == "blank":
                 coverage.blank_lines += owned
                 return
@@ -217,10 +227,7 @@ class Assembler:
 
     def _banner(self, kind: str, match: re.Match[str], owned: bool) -> None:
         if kind == "banner":
-            if self._seen_content or self._open:
-                self._process += 1
-            self._seen_content = True
-            self._expect(self._process, 0)
+            self.tracker.banner()
             self.counts.banners += owned
         elif match.group(0).startswith("Error:"):
             self.counts.load_errors += owned
@@ -239,7 +246,7 @@ class Assembler:
             record.ts = match.group(3)
             if match.group(1):
                 record.pid, record.tid = int(match.group(1)), int(match.group(2))
-                record.process = self._process_of(record.pid, record.seq)
+                record.process = self.tracker.pid(record.pid)
                 self._thread_moved_on(record)
         elif kind == "returned":
             record = next((r for r in reversed(self._open) if r.ts is not None), self._open[-1])
@@ -256,7 +263,7 @@ class Assembler:
 
     def _open_record(self, seq: int, func: str, line: int) -> None:
         self._headers += 1
-        record = _Open(seq, func, line, self._process_of(None, seq), self._headers, end_line=line)
+        record = _Open(seq, func, line, self.tracker.header(seq), self._headers, end_line=line)
         for other in self._active():
             other.overlaps.append(record)
             record.overlaps.append(other)
@@ -308,43 +315,7 @@ class Assembler:
 
     # --- shared ---
 
-    def _process_of(self, pid: int | None, seq: int) -> int:
-        """Banner index for a call.
-
-        With a pid (0.24+), the pid keeps the banner it was first seen under: a process's
-        banner reaches the file in the same flush as its first record (§2.3), so the newest
-        banner is the right one for a new pid.  Without one, the call goes to the process
-        whose counter it continues (each load of the spy counts 0, 1, 2, ...; §2.4); among
-        several, the one that wrote the previous call (a process flushes whole calls, §7),
-        else the oldest (processes tend to resume in the order they started); with none,
-        the newest banner.
-        """
-        if pid is not None:
-            return self.pid_process.setdefault(pid, self._process)
-        continuing = self._expecting.get(seq)
-        if not continuing:
-            process = self._process
-        elif len(continuing) == 1:
-            (process,) = continuing
-        else:
-            process = self._last_pidless if self._last_pidless in continuing else min(continuing)
-        self._expect(process, seq + 1)
-        self._last_pidless = process
-        return process
-
-    def _expect(self, process: int, seq: int) -> None:
-        """Note the counter value ``process`` will print next (an index by value, for speed)."""
-        old = self._next_seq.get(process)
-        if old is not None:
-            waiting = self._expecting[old]
-            waiting.discard(process)
-            if not waiting:
-                del self._expecting[old]
-        self._next_seq[process] = seq
-        self._expecting.setdefault(seq, set()).add(process)
-
     def _emit(self, seq, func, line, process, pid, tid, ts, rv, rv_name, fields, end_line, uncertain) -> None:
-        self._seen_content = True
         if not self.own_from <= line <= self.own_to:
             return
         complete = rv is not None

@@ -4,19 +4,18 @@ A log is cut into byte ranges at record boundaries (a blank line followed by a h
 Worker *k* owns the records whose header lies in range *k* and the coverage of its lines.
 It starts reading a little earlier (a warm-up, so that its state — open records, recent
 overlaps — matches what a single pass would have there) and reads on past its range until
-every record it owns is closed.  Line numbers and banner indexes at each cut come from a
-cheap byte-level pre-pass (newline and banner counts), so no worker waits for another.
+every record it owns is closed.  Line numbers and the banner state at each cut come from a
+cheap byte-level pre-pass (newlines, banner and header lines), so no worker waits for another.
 
 One thing only a single pass knows is which banner a pid was first seen under, when that
 was in an earlier range; the parts are therefore concatenated with a pid → process remap
-taken from the worker that saw each pid first.  Without pids (before OpenSC 0.24) several
-processes in one file are told apart by following their counters from the start, so such a
-file is parsed by one worker.
+taken from the worker that saw each pid first.  Without pids (before OpenSC 0.24) processes
+are told apart by their counters; that state depends on banner and header lines only, so the
+pre-pass replays it (`pipeline.processes`) and hands each worker the state at its start.
 """
 
 from __future__ import annotations
 
-import bisect
 import hashlib
 import os
 import re
@@ -31,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.assemble import Assembler, Counts, Coverage, Start
+from pipeline.processes import ProcessTracker
 from pipeline.store import CallsWriter
 from pipeline.stream import iter_blocks
 from pipeline.records import CALLS_SCHEMA
@@ -38,10 +38,9 @@ from pipeline.records import CALLS_SCHEMA
 MIN_RANGE_BYTES = 8 << 20  # below this a worker costs more to start than it saves
 WARMUP_BYTES = 256 << 10
 SPILL_LIMIT_LINES = 20_000  # give up on a record still open this far past the range (a truncated one)
-_BANNER = b"*************** OpenSC PKCS#11 spy *****************"
 _BOUNDARY = re.compile(rb"\n\n\d+: ")
-_HEADER = re.compile(rb"(?:^|\n)\d+: \S+\r?\n")
-_PIDLESS_TS = re.compile(rb"\n\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}\r?\n")
+# The lines that change the process state: a header (the counter) or a banner, as whole lines.
+_EVENT = re.compile(rb"\n(?:(\d+): \S+|\*{15} OpenSC PKCS#11 spy \*{17})\r?(?=\n|\Z)")
 
 
 def default_workers() -> int:
@@ -50,63 +49,49 @@ def default_workers() -> int:
 
 @dataclass(frozen=True)
 class Layout:
-    """What the pre-pass learns of a file: line ends and banners, by byte offset."""
+    """What the pre-pass learns of a file: its size and hash, and the parse state at chosen offsets."""
 
     size: int
-    banner_offsets: list[int]
-    first_header: int  # byte offset of the first header line, or size if none
     sha256: str
-    pidless: bool  # some timestamps carry no P:<pid> (before 0.24)
-
-    def process_at(self, offset: int) -> tuple[int, bool]:
-        """Banner index in force at ``offset``, and whether any banner or record came before."""
-        banners = bisect.bisect_left(self.banner_offsets, offset)
-        records_first = self.first_header < (self.banner_offsets[0] if self.banner_offsets else self.size)
-        if banners == 0:
-            return 0, self.first_header < offset
-        return banners - 1 + records_first, True
+    states: dict[int, tuple[int, ProcessTracker]]  # offset -> (lines before it, banner state there)
 
 
-def scan_layout(path: str, chunk: int = 8 << 20) -> tuple[Layout, list[int], list[int]]:
-    """One fast pass: size, hash, banners, first header, and newline counts every ``chunk`` bytes.
-
-    Returns the layout, the chunk start offsets and the newlines before each.
-    """
+def scan_layout(path: str, offsets: list[int], chunk: int = 8 << 20) -> Layout:
+    """One fast byte-level pass: hash, and at each of ``offsets`` the lines before it and the
+    process state (`ProcessTracker`), replayed from banner and header lines alone."""
     digest = hashlib.sha256()
-    banners: list[int] = []
-    starts: list[int] = []
-    newlines_before: list[int] = []
-    first_header = -1
-    pidless = False
-    offset = newlines = 0
-    tail = b""
+    tracker = ProcessTracker()
+    pending = sorted(set(offsets))
+    states: dict[int, tuple[int, ProcessTracker]] = {}
+    offset = newlines = 0  # of the start of ``data``
+    rest = b""
     with open(path, "rb") as fh:
-        while data := fh.read(chunk):
-            digest.update(data)
-            starts.append(offset)
-            newlines_before.append(newlines)
-            window = tail + data
-            base = offset - len(tail)
-            pos = window.find(_BANNER)
-            while pos >= 0:
-                if base + pos >= offset - len(_BANNER) + 1 and (pos == 0 or window[pos - 1 : pos] == b"\n"):
-                    banners.append(base + pos)
-                pos = window.find(_BANNER, pos + 1)
-            if first_header < 0 and (m := _HEADER.search(window)):
-                first_header = base + m.start() + (window[m.start() : m.start() + 1] == b"\n")
-            pidless = pidless or _PIDLESS_TS.search(window) is not None
+        while True:
+            read = fh.read(chunk)
+            digest.update(read)
+            data = rest + read
+            if read:
+                cut = data.rfind(b"\n") + 1
+                data, rest = data[:cut], data[cut:]
+            else:
+                rest = b""
+            for m in _EVENT.finditer(b"\n" + data):  # each line start is behind a newline
+                at = offset + m.start()
+                while pending and pending[0] <= at:
+                    mark = pending.pop(0)
+                    states[mark] = (newlines + data.count(b"\n", 0, mark - offset), tracker.copy())
+                if m.group(1) is None:
+                    tracker.banner()
+                else:
+                    tracker.header(int(m.group(1)))
+            while pending and pending[0] <= offset + len(data):
+                mark = pending.pop(0)
+                states[mark] = (newlines + data.count(b"\n", 0, mark - offset), tracker.copy())
             newlines += data.count(b"\n")
             offset += len(data)
-            tail = data[-len(_BANNER) :]
-    layout = Layout(offset, sorted(set(banners)), first_header if first_header >= 0 else offset, digest.hexdigest(), pidless)
-    return layout, starts, newlines_before
-
-
-def _lines_before(path: str, offset: int, starts: list[int], newlines_before: list[int]) -> int:
-    i = bisect.bisect_right(starts, offset) - 1
-    with open(path, "rb") as fh:
-        fh.seek(starts[i])
-        return newlines_before[i] + fh.read(offset - starts[i]).count(b"\n")
+            if not read:
+                break
+    return Layout(offset, digest.hexdigest(), states)
 
 
 def _boundary_at_or_after(path: str, offset: int, size: int) -> int:
@@ -150,9 +135,6 @@ def plan(path: str, workers: int, min_range: int = MIN_RANGE_BYTES, warmup: int 
     workers = min(workers, size // min_range)
     if workers < 2:
         return None
-    layout, starts, newlines_before = scan_layout(path)
-    if len(layout.banner_offsets) > 1 and layout.pidless:
-        return None  # pid-less processes are told apart by their counters: one pass only
     cuts = [0]
     for k in range(1, workers):
         cut = _boundary_at_or_after(path, size * k // workers, size)
@@ -160,16 +142,18 @@ def plan(path: str, workers: int, min_range: int = MIN_RANGE_BYTES, warmup: int 
             cuts.append(cut)
     if len(cuts) < 2:
         return None
-    lines = [_lines_before(path, c, starts, newlines_before) for c in cuts] + [sys.maxsize]
+    warm = [0] + [min(_boundary_at_or_after(path, max(cut - warmup, 0), size), cut) for cut in cuts[1:]]
+    layout = scan_layout(path, cuts + warm)
+    lines = [layout.states[cut][0] for cut in cuts] + [sys.maxsize]
     tasks = []
-    for k, cut in enumerate(cuts):
-        warm_from = 0 if k == 0 else _boundary_at_or_after(path, max(cut - warmup, 0), size)
-        warm_from = min(warm_from, cut)
-        process, seen = layout.process_at(warm_from)
+    for k, warm_from in enumerate(warm):
+        lines_before, tracker = layout.states[warm_from]
         start = Start(
-            lines_before=_lines_before(path, warm_from, starts, newlines_before),
-            process=process,
-            seen_content=seen,
+            lines_before=lines_before,
+            process=tracker.process,
+            seen_content=tracker.seen,
+            next_seq=tracker.next_seq,
+            last_pidless=tracker.last_pidless,
             own_from=lines[k] + 1,
             own_to=lines[k + 1],
         )

@@ -77,11 +77,16 @@ def test_pidless_multithreaded_log_split_equals_single(tmp_path):
     assert split.sort("line").equals(single.sort("line"))
 
 
-def test_pidless_processes_sharing_a_file_use_one_worker(tmp_path):
-    """Before 0.24 processes are told apart by following their counters from the start."""
+def test_pidless_processes_sharing_a_file_split_equals_single(tmp_path):
+    """Before 0.24 processes are told apart by their counters; the pre-pass replays that state."""
     path = tmp_path / "mp.log"
-    path.write_bytes((DATA / "07-multiprocess-append_0.23.0-debian.log").read_bytes() * 4)
-    assert parallel.plan(str(path), 8, min_range=16 << 10) is None
+    names = ["07-multiprocess-append_0.23.0-debian.log", "01-basic-session_0.23.0-debian.log", "03-wrong-pin_0.23.0-debian.log"]
+    path.write_bytes(b"".join((DATA / n).read_bytes() for n in names) * 4)
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    single, _ = parse_single(path, tmp_path / "a")
+    split, _ = parse_split(path, tmp_path / "b", 32 << 10, warmup=256 << 10)
+    assert split.sort("line").equals(single.sort("line"))
+    assert single["process"].n_unique() > 10
 
 
 def test_small_file_stays_single(tmp_path):
