@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline.assemble import Assembler, Counts, Coverage, Start
 from pipeline.processes import ProcessTracker
-from pipeline.store import CallsWriter
+from pipeline.store import BATCH_ROWS, CallsWriter
 from pipeline.stream import iter_blocks
 from pipeline.records import CALLS_SCHEMA
 
@@ -221,7 +221,7 @@ def parse_parallel(path: str, out_tmp: Path, layout_tasks: tuple[Layout, list[Ta
 
 
 def _append_part(part: Path, writer: pq.ParquetWriter, remap: dict[int, int]) -> None:
-    for batch in pq.ParquetFile(part).iter_batches(batch_size=65536):
+    for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
         table = pa.Table.from_batches([batch])
         if remap:
             frame = pl.from_arrow(table).with_columns(
