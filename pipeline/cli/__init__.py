@@ -25,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="p11lens",
         description=(
             "Turn OpenSC pkcs11-spy logs into typed call records (Parquet), statistics and reports. "
-            "Exit codes: 0 ok, 1 problems found that you asked to fail on, 2 usage or input error."
+            "Exit codes: 0 ok, 1 problems found that you asked to fail on, 2 usage or input error, "
+            "3 (job) another run holds the lock, 70 an internal error."
         ),
     )
     parser.add_argument("--version", action="version", version=f"p11lens {__version__}")
