@@ -20,8 +20,15 @@ COMMANDS = ("parse", "drive", "analyze", "report", "run", "compare", "job")
 log = logging.getLogger("p11lens")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (cron mails stay short), exit 2."""
+
+    def error(self, message: str) -> None:
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="p11lens",
         description=(
             "Turn OpenSC pkcs11-spy logs into typed call records (Parquet), statistics and reports. "
