@@ -66,7 +66,7 @@ def scan_layout(path: str, offsets: list[int], chunk: int = 8 << 20) -> Layout:
     offset = newlines = 0  # of the start of ``data``
     rest = b""
     with open(path, "rb") as fh:
-        while True:
+        while pending:
             read = fh.read(chunk)
             digest.update(read)
             data = rest + read
@@ -91,6 +91,10 @@ def scan_layout(path: str, offsets: list[int], chunk: int = 8 << 20) -> Layout:
             offset += len(data)
             if not read:
                 break
+        offset += len(rest)
+        while read := fh.read(chunk):  # past the last offset wanted: only the hash and size
+            digest.update(read)
+            offset += len(read)
     return Layout(offset, digest.hexdigest(), states)
 
 
@@ -193,7 +197,31 @@ def _first_pid_lines(part: str) -> list[tuple[int, int]]:
     return list(frame.collect().iter_rows())
 
 
-def parse_parallel(path: str, out_tmp: Path, layout_tasks: tuple[Layout, list[Task]], writer: pq.ParquetWriter) -> tuple[Layout, list[PartResult]]:
+def parse_file(path: str, out_tmp: Path, writer: pq.ParquetWriter, workers: int) -> tuple[Layout, list[PartResult]] | None:
+    """Parse one file with ``workers`` processes into ``writer``; None when one worker is better.
+
+    The workers start (and import their libraries) while the parent runs the pre-pass.
+    """
+    if workers < 2 or os.path.getsize(path) < 2 * MIN_RANGE_BYTES:
+        return None
+    with _pool(workers) as pool:
+        layout_tasks = plan(path, workers)
+        if layout_tasks is None:
+            return None
+        return parse_parallel(path, out_tmp, layout_tasks, writer, pool)
+
+
+def _pool(workers: int) -> ProcessPoolExecutor:
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    for _ in range(workers):
+        pool.submit(default_workers)  # spawns a worker now: it imports this module meanwhile
+    return pool
+
+
+def parse_parallel(
+    path: str, out_tmp: Path, layout_tasks: tuple[Layout, list[Task]], writer: pq.ParquetWriter,
+    pool: ProcessPoolExecutor | None = None,
+) -> tuple[Layout, list[PartResult]]:
     """Run the workers, then append their parts to ``writer`` in order, remapping pids."""
     layout, tasks = layout_tasks
     tasks = [
@@ -201,8 +229,10 @@ def parse_parallel(path: str, out_tmp: Path, layout_tasks: tuple[Layout, list[Ta
         for k, t in enumerate(tasks)
     ]
     try:
-        processes = min(len(tasks), default_workers())
-        with ProcessPoolExecutor(max_workers=processes, mp_context=get_context("spawn")) as pool:
+        if pool is None:
+            with _pool(min(len(tasks), default_workers())) as own:
+                results = list(own.map(run_task, tasks))
+        else:
             results = list(pool.map(run_task, tasks))
         owner: dict[int, tuple[int, int]] = {}  # pid -> (first line, process) from the worker that saw it first
         for result in results:

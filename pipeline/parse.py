@@ -82,9 +82,11 @@ def parse_source(
     path: str, writer: CallsWriter, on_bytes: Callable[[int], None] | None = None, workers: int = 1
 ) -> InputReport:
     """Stream one log through the grammar into the writer's batches (in parallel when it pays)."""
-    layout_tasks = parallel.plan(path, workers) if workers > 1 and path != STDIN else None
-    if layout_tasks is not None:
-        return _parse_parallel(path, writer, layout_tasks, on_bytes)
+    if workers > 1 and path != STDIN:
+        writer.flush()  # rows of earlier inputs go first
+        split = parallel.parse_file(path, writer.path, writer.parquet, workers)
+        if split is not None:
+            return _parallel_report(path, writer, *split, on_bytes)
     digest = hashlib.sha256()
     size = 0
 
@@ -103,9 +105,8 @@ def parse_source(
     return _report(path, size, digest.hexdigest(), assembler.counts, assembler.coverage, assembler.dialects, assembler.processes)
 
 
-def _parse_parallel(path: str, writer: CallsWriter, layout_tasks, on_bytes) -> InputReport:
-    writer.flush()  # rows of earlier inputs go first
-    layout, results = parallel.parse_parallel(path, writer.path, layout_tasks, writer.parquet)
+def _parallel_report(path: str, writer: CallsWriter, layout, results, on_bytes) -> InputReport:
+    """The input's report from the workers' parts (their counts and coverage added up)."""
     if on_bytes is not None:
         on_bytes(layout.size)
     counts, coverage = Counts(), Coverage()
