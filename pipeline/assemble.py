@@ -50,13 +50,22 @@ class Coverage:
 
     MAX_SPANS = 100_000
 
-    def add_unparsed(self, line: int) -> None:
-        self.unparsed_lines += 1
+    def add_unparsed(self, line: int, last: int | None = None) -> None:
+        """Lines ``line`` .. ``last`` (default: just ``line``) were not parsed."""
+        last = line if last is None else last
+        self.unparsed_lines += last - line + 1
         spans = self.unparsed_spans
         if spans and spans[-1][1] == line - 1:
-            spans[-1][1] = line
+            spans[-1][1] = last
         elif len(spans) < self.MAX_SPANS:
-            spans.append([line, line])
+            spans.append([line, last])
+
+    def absorb(self, later: Coverage) -> None:
+        """Add the coverage of the lines that follow (a parallel worker's range)."""
+        for name in ("lines", "record_lines", "banner_lines", "blank_lines"):
+            setattr(self, name, getattr(self, name) + getattr(later, name))
+        for first, last in later.unparsed_spans:
+            self.add_unparsed(first, last)
 
 
 @dataclass
@@ -67,6 +76,10 @@ class Counts:
     uncertain: int = 0
     banners: int = 0
     load_errors: int = 0
+
+    def absorb(self, other: Counts) -> None:
+        for name, value in vars(other).items():
+            setattr(self, name, getattr(self, name) + value)
 
 
 @dataclass(eq=False)

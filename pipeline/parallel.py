@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 
 from pipeline.assemble import Assembler, Counts, Coverage, Start
 from pipeline.processes import ProcessTracker
-from pipeline.store import BATCH_ROWS, CallsWriter
+from pipeline.store import BATCH_ROWS, CallsWriter, collection_per_batch
 from pipeline.stream import iter_blocks
 from pipeline.records import CALLS_SCHEMA
 
@@ -167,13 +167,10 @@ def plan(path: str, workers: int, min_range: int = MIN_RANGE_BYTES, warmup: int 
 
 def run_task(task: Task) -> PartResult:
     """A worker: parse from the warm-up point until every owned record is closed."""
-    import gc
-
-    gc.disable()
     first_line: dict[int, int] = {}
     writer = CallsWriter(Path(task.part))
     assembler = Assembler(task.path, writer.rows.append, task.start)
-    with open(task.path, "rb") as fh:
+    with collection_per_batch(), open(task.path, "rb") as fh:
         fh.seek(task.warm_from)
         for block in iter_blocks(fh):
             assembler.feed(block)

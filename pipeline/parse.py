@@ -9,7 +9,6 @@ unparsed_lines``, with every unparsed span's line range).
 from __future__ import annotations
 
 import dataclasses
-import gc
 import hashlib
 import logging
 import os
@@ -25,7 +24,7 @@ from pipeline import __version__
 from pipeline import parallel
 from pipeline.assemble import Assembler, Counts, Coverage
 from pipeline.errors import InputError
-from pipeline.store import CallsWriter, atomic_path, ensure_dir, write_json
+from pipeline.store import CallsWriter, atomic_path, collection_per_batch, ensure_dir, write_json
 from pipeline.stream import iter_blocks
 
 log = logging.getLogger(__name__)
@@ -111,15 +110,8 @@ def _parallel_report(path: str, writer: CallsWriter, layout, results, on_bytes) 
         on_bytes(layout.size)
     counts, coverage = Counts(), Coverage()
     for result in results:
-        for key, value in dataclasses.asdict(result.counts).items():
-            setattr(counts, key, getattr(counts, key) + value)
-        for key in ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines"):
-            setattr(coverage, key, getattr(coverage, key) + getattr(result.coverage, key))
-        for first, last in result.coverage.unparsed_spans:
-            if coverage.unparsed_spans and coverage.unparsed_spans[-1][1] == first - 1:
-                coverage.unparsed_spans[-1][1] = last
-            else:
-                coverage.unparsed_spans.append([first, last])
+        counts.absorb(result.counts)
+        coverage.absorb(result.coverage)
     writer.written += counts.records
     processes = max(len(set().union(*(r.processes_used for r in results))), counts.banners)
     dialects = set().union(*(r.dialects for r in results))
@@ -155,7 +147,7 @@ def parse_logs(
     check_inputs(paths)
     ensure_dir(out_dir)
     started = datetime.now(timezone.utc)
-    with _collection_per_batch(), atomic_path(out_dir / CALLS_FILE) as tmp:
+    with collection_per_batch(), atomic_path(out_dir / CALLS_FILE) as tmp:
         writer = CallsWriter(tmp)
         try:
             reports = [parse_source(path, writer, on_bytes, workers) for path in paths]
@@ -174,23 +166,6 @@ def parse_logs(
     }
     write_json(out_dir / MANIFEST_FILE, manifest)
     return manifest
-
-
-@contextmanager
-def _collection_per_batch() -> Iterator[None]:
-    """Pause Python's automatic cyclic GC while parsing; the writer collects once per batch.
-
-    Tens of thousands of live record tuples make automatic collection scan them over and
-    over (measured: 10x slower batch building); the assembler breaks its own reference
-    cycles, and one explicit collection per batch bounds anything else.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def _total(parts) -> dict:

@@ -72,6 +72,23 @@ def atomic_path(final: Path) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def collection_per_batch() -> Iterator[None]:
+    """Pause Python's automatic cyclic GC while parsing; `CallsWriter` collects once per batch.
+
+    Tens of thousands of live record tuples make automatic collection scan them over and
+    over (measured: 10x slower batch building); the assembler breaks its own reference
+    cycles, and one explicit collection per batch bounds anything else.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def write_json(path: Path, payload: object) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
@@ -109,7 +126,7 @@ class CallsWriter:
         self.parquet.write_table(table)
         self.written += len(self.rows)
         self.rows.clear()  # the same list: producers hold its bound ``append``
-        gc.collect()  # the parse runs with automatic collection paused (see pipeline.parse)
+        gc.collect()  # the parse runs with automatic collection paused (`collection_per_batch`)
 
     def close(self) -> None:
         self.flush()
