@@ -45,16 +45,14 @@ A line that is none of these is *foreign* (application output, a fragment of a s
 the stream reports it as unparsed with its line number.
 
 Speed: pyparsing is called once per clean record (one ``Regex`` over the whole record) and
-once per slow-path line; the few fields a call record needs are then read from the matched
-body with plain ``re`` (``call_fields``).  A per-token grammar measured ~60x slower
-(``performance-notes.md``).  Buffer contents are never extracted, only lengths.
+once per slow-path line; the few fields a call record needs are read later from the
+record's body, a batch of records at a time (``grammars.body``).  A per-token grammar
+measured ~60x slower (``performance-notes.md``).
 """
 
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
-
 import pyparsing as pp
 
 # --- token patterns (one source of truth for the scanner, the validator and the classifier) ---
@@ -195,194 +193,6 @@ def split_units(line: str) -> list[str]:
     if match is None:
         return [line]
     return [match.group(1), match.group(2)]
-
-
-# --- fields of a call record, read from its body with plain `re` ---
-
-_HANDLE_RE = re.compile(
-    r"\n\[(in|out)\] (hSession|slotID|hKey|hObject|hBaseKey|hWrappingKey|hUnwrappingKey|hPublicKey|hPrivateKey"
-    r"|\*phSession|\*phObject|\*phNewObject|phKey) = 0x([0-9a-f]+)"
-)
-_MECH_RE = re.compile(r"\n(?:\[in\] )?pMechanism->type ?= ?(\S+)")
-_MECHINFO_RE = re.compile(r"\n(?:\[in\] type = +| +)(Unknown Mechanism \([0-9a-f]+\)|[^\s\[]+?)(?=\s|\[|Returned:|$)")
-_USER_RE = re.compile(r"\n\[in\] userType = (\S+)")
-_BUFFER_RE = re.compile(
-    r"\n\[(in|out)\] (?!pMechanism)([A-Za-z*][^\s\[]*)(?:\[[^\]\n]*\])?(?: =)? "
-    r"(?:([0-9a-f]{8}(?:[0-9a-f]{8})?) / (-?\d+)|NULL \[size : 0x[0-9A-F]+ \((-?\d+)\)\]|EMPTY)"
-)
-_TEMPLATE_RE = re.compile(r"\n\[(in|out)\] (\w+)\[\d+\]: ?\n")
-_ENTRY_RE = re.compile(r"\n    (CKA_[A-Z0-9_]+(?:\((?:NSS|Netsc)\))?|CKA_\? \(0x[0-9a-f]{8}\))")
-_SECRET_ENTRY_RE = re.compile(
-    r"\n    (CKA_VALUE|CKA_PRIVATE_EXPONENT|CKA_PRIME_1|CKA_PRIME_2|CKA_EXPONENT_1|CKA_EXPONENT_2"
-    r"|CKA_COEFFICIENT|CKA_SEED) +[0-9a-f]{8,16} / [1-9]\d*\n    00000000  "
-)
-
-CREATED_OUT = frozenset({"*phObject", "*phNewObject", "hKey", "hPublicKey", "hPrivateKey", "phKey"})
-OBJECT_IN = ("hKey", "hObject", "hBaseKey", "hWrappingKey", "hUnwrappingKey", "hPublicKey", "hPrivateKey")
-
-_ENCRYPT_FUNCS = frozenset(
-    {"C_Encrypt", "C_EncryptUpdate", "C_DigestEncryptUpdate", "C_SignEncryptUpdate", "C_EncryptMessage", "C_EncryptMessageNext"}
-)
-_DECRYPT_FUNCS = frozenset(
-    {
-        "C_Decrypt", "C_DecryptUpdate", "C_DecryptFinal", "C_DecryptDigestUpdate", "C_DecryptVerifyUpdate",
-        "C_DecryptMessage", "C_DecryptMessageNext", "C_VerifyRecover",
-    }
-)
-_DATA_NAMES = frozenset({"pData", "pPart", "pLastPart", "pPlaintext", "pPlaintextPart"})
-_ALWAYS_SECRET = {
-    "pPin": "pin", "pOldPin": "pin", "pNewPin": "pin",
-    "pWrappedKey": "wrapped-key", "RandomData": "random", "pSeed": "seed", "pOperationState": "op-state",
-}
-
-
-def secret_kind(func: str, direction: str, name: str) -> str | None:
-    """What kind of secret a dumped buffer is, per §5 of the format notes (None: not secret)."""
-    kind = _ALWAYS_SECRET.get(name)
-    if kind is not None:
-        return kind
-    if name not in _DATA_NAMES:
-        return None
-    if direction == "in" and func in _ENCRYPT_FUNCS:
-        return "plaintext"
-    if direction == "out" and func in _DECRYPT_FUNCS:
-        return "plaintext"
-    if direction == "in" and func.startswith(("C_Sign", "C_Verify", "C_Digest")):
-        return "data"
-    return None
-
-
-class CallFields(NamedTuple):
-    """The typed fields of one call record that the body supplies."""
-
-    slot: int | None
-    session: int | None
-    object: int | None
-    mechanism: str | None
-    user_type: str | None
-    in_len: int | None
-    out_len: int | None
-    attributes: list[str] | None
-    created: list[int] | None
-    secrets: list[str] | None
-    flags: list[str] | None
-
-
-def call_fields(func: str, body: str) -> CallFields:
-    """Read a record's handles, mechanism, user type, lengths and attribute names.
-
-    ``body`` is the text between the timestamp and ``Returned:``, starting with a newline.
-    Buffer contents are skipped: only their lengths are read, and for secret-bearing
-    buffers and attributes (§5) only their names are kept in ``secrets``.
-    """
-    slot = session = obj = None
-    created: list[int] | None = None
-    for direction, name, value in _HANDLE_RE.findall(body):
-        handle = int(value, 16)
-        if direction == "in":
-            if name == "hSession":
-                session = handle if session is None else session
-            elif name == "slotID":
-                slot = handle if slot is None else slot
-            elif obj is None:
-                obj = handle
-        elif name == "*phSession":
-            session = handle
-        elif name in CREATED_OUT:
-            created = [*created, handle] if created else [handle]
-
-    mechanism = None
-    if "pMechanism" in body:
-        m = _MECH_RE.search(body)
-        mechanism = m.group(1) if m else None
-    elif func == "C_GetMechanismInfo":
-        m = _MECHINFO_RE.search(body)
-        mechanism = m.group(1) if m else None
-
-    user_type = None
-    if func in ("C_Login", "C_LoginUser"):
-        m = _USER_RE.search(body)
-        user_type = m.group(1) if m else None
-
-    in_len = out_len = None
-    secrets: list[str] | None = None
-    for direction, name, address, length, null_length in _BUFFER_RE.findall(body):
-        size_text = length or null_length
-        if not size_text:
-            continue  # EMPTY: length unavailable
-        size = int(size_text)
-        if direction == "in":
-            in_len = size if in_len is None else in_len + size
-        else:
-            out_len = size if out_len is None else out_len + size
-        if address and size > 0:
-            kind = secret_kind(func, direction, name)
-            if kind is not None:
-                secrets = [*secrets, f"{kind}:{name}"] if secrets else [f"{kind}:{name}"]
-
-    attributes = flags = None
-    if "emplate[" in body:
-        attributes, key_secrets = _template_fields(body)
-        if key_secrets:
-            secrets = [*(secrets or []), *key_secrets]
-        if func in VALUE_FUNCS:
-            flags = _template_values(body)
-    elif func == "C_OpenSession":
-        m = _SESSION_FLAGS_RE.search(body)
-        flags = [f"CKF_RW_SESSION={bool(int(m.group(1), 16) & CKF_RW_SESSION)}"] if m else None
-    return CallFields(slot, session, obj, mechanism, user_type, in_len, out_len, attributes, created, secrets, flags)
-
-
-def _template_fields(body: str) -> tuple[list[str] | None, list[str]]:
-    """Attribute names of the ``[in]`` templates, and key material dumped in any template."""
-    names: list[str] = []
-    secrets: list[str] = []
-    for head in _TEMPLATE_RE.finditer(body):
-        end = body.find("\n[", head.end() - 1)
-        section = body[head.end() - 1 : end if end >= 0 else len(body)]
-        if head.group(1) == "in":
-            names.extend(_ENTRY_RE.findall(section))
-        if "CKO_CERTIFICATE" in section or "CKO_PUBLIC_KEY" in section:
-            continue  # a certificate's or public key's CKA_VALUE is not secret
-        secrets.extend("key:" + name for name in _SECRET_ENTRY_RE.findall(section))
-    return (names or None), secrets
-
-
-# Non-secret argument values the audit needs (read-write sessions; key attributes in templates).
-VALUE_FUNCS = frozenset(
-    {"C_GenerateKey", "C_GenerateKeyPair", "C_CreateObject", "C_CopyObject", "C_UnwrapKey", "C_DeriveKey"}
-)
-CKF_RW_SESSION = 0x2
-_SESSION_FLAGS_RE = re.compile(r"\n\[in\] flags = 0x([0-9a-f]+)\n")
-_VALUE_ENTRY_RE = re.compile(
-    r"\n    (CKA_[A-Z0-9_]+) +(?:(True|False)|(CK[OK]_\w+)|[0-9a-f]{8}(?:[0-9a-f]{8})? / [1-8]\n    00000000  ((?:[0-9A-F]{2} ){1,8}))"
-)
-_INT_ATTRS = frozenset({"CKA_MODULUS_BITS", "CKA_VALUE_LEN"})
-_ENUM_ATTRS = frozenset({"CKA_CLASS", "CKA_KEY_TYPE"})
-
-
-def _template_values(body: str) -> list[str] | None:
-    """``NAME=VALUE`` for booleans, class, key type and sizes in the ``[in]`` templates.
-
-    Only these non-secret kinds are read; entries of a template other than ``pTemplate``
-    are prefixed with its name (``pPrivateKeyTemplate.CKA_SENSITIVE=False``).  Integers are
-    the native (little-endian) ``CK_ULONG`` bytes of the dump's first row.
-    """
-    out: list[str] = []
-    for head in _TEMPLATE_RE.finditer(body):
-        if head.group(1) != "in":
-            continue
-        end = body.find("\n[", head.end() - 1)
-        section = body[head.end() - 1 : end if end >= 0 else len(body)]
-        prefix = "" if head.group(2) == "pTemplate" else head.group(2) + "."
-        for name, boolean, enum, raw in _VALUE_ENTRY_RE.findall(section):
-            if boolean:
-                out.append(f"{prefix}{name}={boolean}")
-            elif enum and name in _ENUM_ATTRS:
-                out.append(f"{prefix}{name}={enum}")
-            elif raw and name in _INT_ATTRS:
-                out.append(f"{prefix}{name}={int.from_bytes(bytes.fromhex(raw.replace(' ', '')), 'little')}")
-    return out or None
 
 
 # --- dialect hints ---

@@ -1,6 +1,6 @@
 """Turn the grammar's token stream into call records, accounting for every line.
 
-Clean records (the grammar's fast path) become a `CallRecord` at once.  Everything else
+Clean records (the grammar's fast path) become a `RawCall` at once.  Everything else
 arrives line by line and goes through a small state machine that follows the spy's own
 rules (format notes §6-§8):
 
@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from grammars import spy
 from pipeline.processes import ProcessTracker
-from pipeline.records import CallRecord, mechanism_name, user_type_name
+from pipeline.records import RawCall
 
 ACTIVE_HEADERS = 32
 MAX_OPEN = 64
@@ -131,7 +131,7 @@ class Start:
 class Assembler:
     """Per-source state: banners and processes, open records, counts and coverage."""
 
-    def __init__(self, source: str, emit: Callable[[CallRecord], None], start: Start = Start()) -> None:
+    def __init__(self, source: str, emit: Callable[[RawCall], None], start: Start = Start()) -> None:
         self.source = source
         self.emit = emit
         self.coverage = Coverage()
@@ -207,7 +207,7 @@ class Assembler:
             process = self.tracker.pid(pid)
         self._emit(
             int(seq), func, line + 2, process, pid, int(tid_text) if tid_text else None, ts,
-            int(rv), rv_name, spy.call_fields(func, body), line + nlines, False,
+            int(rv), rv_name, body, line + nlines, False,
         )
         return True
 
@@ -318,17 +318,16 @@ class Assembler:
                 self._emit_open(held)
 
     def _emit_open(self, record: _Open) -> None:
-        body = "\n".join(record.body) + "\n"
         uncertain = any(_same_process(record, other.pid) for other in record.overlaps)
         record.overlaps = []  # break the reference cycles between overlapping records
         self._emit(
             record.seq, record.func, record.line, record.process, record.pid, record.tid, record.ts,
-            record.rv, record.rv_name, spy.call_fields(record.func, body), record.end_line, uncertain,
+            record.rv, record.rv_name, "\n".join(record.body) + "\n", record.end_line, uncertain,
         )
 
     # --- shared ---
 
-    def _emit(self, seq, func, line, process, pid, tid, ts, rv, rv_name, fields, end_line, uncertain) -> None:
+    def _emit(self, seq, func, line, process, pid, tid, ts, rv, rv_name, body, end_line, uncertain) -> None:
         if not self.own_from <= line <= self.own_to:
             return
         complete = rv is not None
@@ -341,16 +340,7 @@ class Assembler:
         if uncertain:
             counts.uncertain += 1
         self.processes_used.add(process)
-        self.emit(
-            CallRecord(
-                self.source, process, pid, tid, seq, line, ts, func, rv, rv_name, complete,
-                fields.slot, fields.session, fields.object,
-                mechanism_name(fields.mechanism) if fields.mechanism else None,
-                user_type_name(fields.user_type) if fields.user_type else None,
-                fields.in_len, fields.out_len, fields.attributes, fields.created,
-                end_line, uncertain, fields.secrets, fields.flags,
-            )
-        )
+        self.emit(RawCall(self.source, process, pid, tid, seq, line, ts, func, rv, rv_name, complete, end_line, uncertain, body))
 
     @property
     def processes(self) -> int:

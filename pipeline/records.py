@@ -1,9 +1,11 @@
 """The typed records that cross p11lens's boundaries.
 
-`CallRecord` is what the grammar hands to the stream (one per PKCS#11 call found in the
-log); `CALLS_SCHEMA` is how those records look in ``calls.parquet``.  Both follow the
-record table of ``design.md``; the extra columns (``end_line``, ``uncertain``, ``secrets``)
-are additions the design allows ("add columns freely, rename none").
+`RawCall` is what the assembler hands to the stream (one per PKCS#11 call found in the
+log): the record's frame (header, stamp, return) and its body text, unread.  The body's
+fields are read a batch at a time (``grammars.body``) and the body dropped, so it never
+leaves the process; `CALLS_SCHEMA` is how the calls look in ``calls.parquet``.  It follows
+the record table of ``design.md``; the extra columns (``end_line``, ``uncertain``,
+``secrets``, ``flags``) are additions the design allows ("add columns freely, rename none").
 
 Numbers and names: the spy prints names, and we keep what it printed (stripped of its
 padding).  Where it printed a bare number instead (unknown mechanism or user type, e.g.
@@ -19,8 +21,8 @@ from pkcs11.constants import UserType
 from pkcs11.mechanisms import Mechanism
 
 
-class CallRecord(NamedTuple):
-    """One PKCS#11 call as the spy logged it (secrets reduced to lengths and names)."""
+class RawCall(NamedTuple):
+    """One PKCS#11 call as the spy logged it, its body not yet read (it holds secrets)."""
 
     source: str
     process: int
@@ -33,19 +35,9 @@ class CallRecord(NamedTuple):
     rv: int | None
     rv_name: str | None
     complete: bool
-    slot: int | None
-    session: int | None
-    object: int | None
-    mechanism: str | None
-    user_type: str | None
-    in_len: int | None
-    out_len: int | None
-    attributes: list[str] | None
-    created: list[int] | None
     end_line: int
     uncertain: bool
-    secrets: list[str] | None
-    flags: list[str] | None
+    body: str  # the lines between the timestamp and ``Returned:``, starting with a newline
 
 
 CALLS_SCHEMA = pa.schema(
@@ -81,7 +73,10 @@ CALLS_SCHEMA = pa.schema(
     },
 )
 
-assert CALLS_SCHEMA.names == list(CallRecord._fields)
+RAW_SCHEMA = pa.schema(
+    [CALLS_SCHEMA.field(name).with_type(pa.string()) if name == "ts" else CALLS_SCHEMA.field(name) for name in RawCall._fields[:-1]]
+    + [pa.field("body", pa.large_string(), nullable=False)]
+)
 
 
 def mechanism_name(text: str) -> str:

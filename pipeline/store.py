@@ -19,7 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError
-from pipeline.records import CALLS_SCHEMA, CallRecord
+from grammars.body import read_fields
+from pipeline.records import CALLS_SCHEMA, RAW_SCHEMA, RawCall
 
 COMPRESSION = "zstd"
 TS_FORMAT = "%Y-%m-%d %H:%M:%S%.3f"
@@ -94,15 +95,12 @@ def write_json(path: Path, payload: object) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def records_frame(rows: list[CallRecord]) -> pl.DataFrame:
-    """A batch of call records as a Polars frame with the ``calls`` schema."""
-    columns = list(zip(*rows)) if rows else [[] for _ in CALLS_SCHEMA]
-    arrays = [
-        pa.array(column, type=pa.string() if name == "ts" else field.type)
-        for column, name, field in zip(columns, CALLS_SCHEMA.names, CALLS_SCHEMA)
-    ]
-    frame = pl.from_arrow(pa.Table.from_arrays(arrays, names=CALLS_SCHEMA.names))
-    return frame.with_columns(pl.col("ts").str.to_datetime(TS_FORMAT, time_unit="ms", strict=False))
+def records_frame(rows: list[RawCall]) -> pl.DataFrame:
+    """A batch of raw calls as a Polars frame with the ``calls`` schema (bodies read, then dropped)."""
+    columns = list(zip(*rows)) if rows else [[] for _ in RAW_SCHEMA]
+    arrays = [pa.array(column, type=field.type) for column, field in zip(columns, RAW_SCHEMA)]
+    frame = read_fields(pl.from_arrow(pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)))
+    return frame.with_columns(pl.col("ts").str.to_datetime(TS_FORMAT, time_unit="ms", strict=False)).select(CALLS_SCHEMA.names)
 
 
 class CallsWriter:
@@ -110,7 +108,7 @@ class CallsWriter:
 
     def __init__(self, path: Path, batch_rows: int | None = None) -> None:
         self.path = path
-        self.rows: list[CallRecord] = []
+        self.rows: list[RawCall] = []
         self.batch_rows = batch_rows or BATCH_ROWS
         self.written = 0
         self.parquet = pq.ParquetWriter(path, CALLS_SCHEMA, compression=COMPRESSION)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+import polars as pl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spylogs import DATA, EXAMPLE_LOGS, PINS, header_counts, line_count, pin_patterns
@@ -101,7 +102,7 @@ def test_one_mebibyte_hexdump_in_one_record():
     digest_rows = raw[raw.index(b"[out] pDigest", start) :].split(b"\n")[1:3]
     log = raw[:start] + big + b"\n".join(digest_rows) + b"\n" + raw[end:]
     assembler, records = parse_bytes(log, 1 << 16)
-    (digest,) = [r for r in records if r.seq == 49]
-    assert digest.complete and digest.in_len == 1048576 and digest.out_len == 32
+    digest = records_frame(records).row(by_predicate=pl.col("seq") == 49, named=True)
+    assert digest["complete"] and digest["in_len"] == 1048576 and digest["out_len"] == 32
     assert len(records) == header_counts(log).total()
     assert assembler.coverage.unparsed_lines == 0

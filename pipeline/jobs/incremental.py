@@ -22,7 +22,7 @@ from typing import BinaryIO
 
 from pipeline.assemble import Assembler, Start
 from pipeline.jobs.state import Checkpoint, Stats
-from pipeline.records import CallRecord
+from pipeline.records import RawCall
 from pipeline.stream import iter_sized_blocks
 
 HEAD_BYTES = 64 << 10
@@ -102,7 +102,7 @@ class _Quiet:
 @dataclass
 class FileResult:
     checkpoint: Checkpoint
-    tail_rows: list[CallRecord]
+    tail_rows: list[RawCall]
     committed_rows: int  # rows handed to the sink (final)
     bytes_read: int
     warnings: list[str] = field(default_factory=list)
@@ -163,13 +163,13 @@ def parse_file(
     fh: BinaryIO,
     st: os.stat_result,
     base: Checkpoint | None,
-    commit: Callable[[list[CallRecord]], None],
+    commit: Callable[[list[RawCall]], None],
     on_block: Callable[[], None] | None = None,
 ) -> FileResult:
     """Parse ``fh`` from ``base`` (None: from the start); final rows go to ``commit`` in batches."""
     if base is None:
         base = Checkpoint(path=path, dev=st.st_dev, ino=st.st_ino, head_len=0, head_sha256="", size_seen=0, mtime_ns=0)
-    rows: list[CallRecord] = []
+    rows: list[RawCall] = []
     start, pid_process = _start(base.resume)
     asm = Assembler(path, rows.append, start)
     asm.pid_process.update(pid_process)
