@@ -1,10 +1,11 @@
 r"""Grammar of OpenSC ``pkcs11-spy`` output, OpenSC 0.20 – 0.27 (see ``pkcs11-spy-format.md``).
 
 The trace is read as Latin-1 text with ``\r\n`` folded to ``\n``.  It is scanned as a
-sequence of *tokens*, each either one whole clean call record or one line::
+sequence of *tokens*: a whole clean call record, else a run of body lines, else one line::
 
-    trace        = { record | line } ;
+    trace        = { record | body-run | line } ;
     record       = blank header timestamp { body-line } returned ;      (* the fast path *)
+    body-run     = body-line { body-line } ;                   (* body lines outside a clean record *)
     line         = { any-char - NL } NL ;                               (* the slow path *)
 
     blank        = NL ;
@@ -15,21 +16,23 @@ sequence of *tokens*, each either one whole clean call record or one line::
     time         = 2 digit ":" 2 digit ":" 2 digit "." 3 digit ;
     returned     = "Returned:  " [ "-" ] digit { digit } " " rv-name ( NL | EOF ) ;
     rv-name      = "CKR_…" | "(null)" ;                                   (* (null): unknown code *)
-    body-line    = body-start { any-char - NL } NL ;
-    body-start   = "[in] " | "[out] " | "[compat]" | " " | TAB | "CKM_" | "Unknown Mechanism ("
-                 | "Slot " | "Count is " | "Object 0x" | "Interface '" | "(unknown type"
+    body-line    = body-start { any-char - NL } NL ;   (* without "Returned:", not ending in ":SS.mmm" *)
+    body-start   = "[in] " | "[out] " | "[compat]" NL | " " | TAB | "CKM_" | "Unknown Mechanism ("
+                 | "Slot " digit | "Count is " digit | "Object 0x" hex | "Interface '" | "(unknown type"
                  | "pMechanism->" | "pApplication=" | "Notify=" | "Parameters block for " | "}"
                  | address " / " length ;                    (* a rendering whose prefix another thread ended *)
 
     banner-line  = 15 * "*" " OpenSC PKCS#11 spy " 17 * "*" ;             (* after two blank lines *)
     load-result  = 'Loaded: "' path '"' | "Error: " text ;
 
-A ``record`` token is kept whole only if its body has no glued unit from another call (no
-``Returned:`` or timestamp inside a line, no header inside the body: ``is_clean_body``).
-Everything else -- interleaved threads, several processes sharing a file, truncated records,
-application stderr -- arrives as ``line`` tokens and is classified by the line grammar
-``SPY_LINE`` (``LINE_KINDS``, §10 of the format notes), after ``split_units`` has cut off a ``Returned:``
-or timestamp unit glued to the end of another unit::
+A ``record`` token is kept whole if its body has no unit of another call glued in (no
+``Returned:`` or timestamp inside a line, no header inside the body: ``is_clean_body``);
+otherwise its text is scanned again without the ``record`` alternative.  Everything else --
+interleaved threads, several processes sharing a file, truncated records, application
+stderr -- arrives as ``body-run`` tokens (each of its lines is a body unit: they all go to
+the newest open record) or ``line`` tokens, classified by the line grammar ``SPY_LINE``
+(``LINE_KINDS``, §10 of the format notes) after ``split_units`` has cut off a
+``Returned:`` or timestamp unit glued to the end of another unit::
 
     spy-line     = banner-line | load-result | header | timestamp | returned | blank | body-unit ;
     body-unit    = compat | template-head | buffer | scalar | io-other | hexdump-row
@@ -44,8 +47,8 @@ or timestamp unit glued to the end of another unit::
 A line that is none of these is *foreign* (application output, a fragment of a split line);
 the stream reports it as unparsed with its line number.
 
-Speed: pyparsing is called once per clean record (one ``Regex`` over the whole record) and
-once per slow-path line; the few fields a call record needs are read later from the
+Speed: pyparsing is called once per clean record (one ``Regex`` over the whole record),
+once per body run and once per other slow-path line; the few fields a call record needs are read later from the
 record's body, a batch of records at a time (``grammars.body``).  A per-token grammar
 measured ~60x slower (``performance-notes.md``).
 """
@@ -65,14 +68,14 @@ BANNER_LINE = r"\*{15} OpenSC PKCS#11 spy \*{17}"
 BODY_STARTS = (
     r"\[in\] ",
     r"\[out\] ",
-    r"\[compat\]",
+    r"\[compat\](?=\n)",
     r" ",
     r"\t",
     r"CKM_",
     r"Unknown Mechanism \(",
     r"Slot -?\d",
     r"Count is \d",
-    r"Object 0x",
+    r"Object 0x[0-9a-f]",
     r"Interface '",
     r"\(unknown type",
     r"pMechanism->",
@@ -82,39 +85,43 @@ BODY_STARTS = (
     r"\}",
     r"[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d",  # a buffer rendering cut from its line by another thread (§6)
 )
+"""How a body unit starts: each is the start of one of the body kinds of ``LINE_KINDS``."""
+
 _BODY_START = "(?:" + "|".join(BODY_STARTS) + ")"
-
-RECORD_PATTERN = r"\n" + HEADER + r"\n" + TS + r"(\n(?:[^\n]+\n)*?)" + RETURNED + r"(?:\n|\Z)"
+# A body line that holds nothing of another call: no ``Returned:`` and no timestamp glued to it.
+BODY_LINE = _BODY_START + r"[^\nR]*(?:R(?!eturned:)[^\nR]*)*(?<!:\d\d\.\d{3})\n"
+# In a record the same two checks are left to `is_clean_body`, once per body (3x faster).
+RECORD_PATTERN = r"\n" + HEADER + r"\n" + TS + r"(\n(?:" + _BODY_START + r"[^\n]*\n)*)" + RETURNED + r"(?:\n|\Z)"
+BODY_RUN_PATTERN = r"(?P<run>(?:" + BODY_LINE + r")+)"
 LINE_PATTERN = r"[^\n]*\n|[^\n]+\Z"
-TOKEN_RE = re.compile(RECORD_PATTERN + "|" + LINE_PATTERN)
-"""A whole record (groups 1-8 set) or else one line (group 1 is None)."""
+TOKEN_RE = re.compile(RECORD_PATTERN + "|" + BODY_RUN_PATTERN + "|" + LINE_PATTERN)
+"""A record (groups 1-8 set), else a run of body lines (group ``run``), else one line."""
+SLOW_TOKEN_RE = re.compile(BODY_RUN_PATTERN + "|" + LINE_PATTERN)
+"""The tokens of a record's text that cannot be kept whole."""
 
-# A clean body: every line starts like a body line, and no unit of another call is glued in.
-_UNCLEAN_LINE_RE = re.compile(r"\n(?!" + _BODY_START + r")[^\n]")
 _GLUED_TS_RE = re.compile(r":\d\d\.\d{3}\n")
 
 
 def is_clean_body(body: str) -> bool:
-    """True when a record's body holds only its own lines (the fast path may keep it)."""
-    return (
-        "Returned:" not in body
-        and _UNCLEAN_LINE_RE.search(body) is None
-        and _GLUED_TS_RE.search(body) is None
-    )
+    """True when no ``Returned:`` or timestamp unit of another call is glued into a body line."""
+    return "Returned:" not in body and _GLUED_TS_RE.search(body) is None
 
 
 # --- pyparsing elements ---
 
-SCANNER = pp.Regex(TOKEN_RE, as_match=True).set_name("record | line").leave_whitespace().parse_with_tabs()
-"""One pyparsing element call per token: ``record | line`` is a single regex alternation."""
+SCANNER = pp.Regex(TOKEN_RE, as_match=True).set_name("record | body-run | line").leave_whitespace().parse_with_tabs()
+"""One pyparsing element call per token: ``record | body-run | line`` is a single regex alternation."""
+SLOW_SCANNER = pp.Regex(SLOW_TOKEN_RE, as_match=True).set_name("body-run | line").leave_whitespace().parse_with_tabs()
 
 
-def scan(text: str):
-    """Token stream of a block of trace text: clean records whole, everything else line by line.
+def scan(text: str, records: bool = True):
+    """Token stream of trace text: records whole (unless ``records`` is False), body runs, lines.
 
-    Yields ``(re.Match, start, end)``; ``match.group(1)`` is None for a line token.
+    Yields ``(re.Match, start, end)``; ``match.lastgroup`` is ``"run"`` for a body run, and
+    for a record (``records`` only) ``match.group(1)`` is set.
     """
-    for tokens, start, end in SCANNER.scan_string(text, always_skip_whitespace=False):
+    scanner = SCANNER if records else SLOW_SCANNER
+    for tokens, start, end in scanner.scan_string(text, always_skip_whitespace=False):
         yield tokens[0], start, end
 
 

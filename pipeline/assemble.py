@@ -150,20 +150,18 @@ class Assembler:
     def feed(self, text: str) -> None:
         """Consume one block of text that starts at a line start and ends after a newline."""
         self.dialects |= spy.dialect_hints(text)
-        line = self.line
-        coverage = self.coverage
-        for match, start, end in spy.scan(text):
-            nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
-            if match.group(1) is not None and self._fast_record(match, line, nlines):
-                if self.own_from <= line + 2 <= self.own_to:
-                    coverage.lines += nlines
-                    coverage.blank_lines += 1  # the separator line in front of the header
-                    coverage.record_lines += nlines - 1
+        self.line = self._tokens(text, self.line)
+
+    def _tokens(self, text: str, line: int, records: bool = True) -> int:
+        """Consume the grammar's tokens of ``text``; returns the line number reached."""
+        for match, start, end in spy.scan(text, records):
+            if match.lastgroup == "run":
+                line = self._body_run(text, start, end, line)
+            elif records and match.group(1) is not None:
+                line = self._record(match, text, start, end, line)
             else:
-                for offset, one in enumerate(text[start:end].split("\n")[:nlines]):
-                    self._slow_line(one, line + 1 + offset)
-            line += nlines
-        self.line = line
+                line = self._slow_lines(text, start, end, line)
+        return line
 
     def owns_open_records(self) -> bool:
         """True while a record whose header this assembler owns is still open or held."""
@@ -193,9 +191,22 @@ class Assembler:
 
     # --- the fast path ---
 
+    def _record(self, m: re.Match[str], text: str, start: int, end: int, line: int) -> int:
+        """A record token: one row at once if it is clean and overlaps no active call of its
+        process, else its text takes the slow path.  Returns the line number reached."""
+        nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
+        if not self._fast_record(m, line, nlines):
+            return self._tokens(text[start:end], line, records=False)
+        if self.own_from <= line + 2 <= self.own_to:
+            coverage = self.coverage
+            coverage.lines += nlines
+            coverage.blank_lines += 1  # the separator line in front of the header
+            coverage.record_lines += nlines - 1
+        return line + nlines
+
     def _fast_record(self, m: re.Match[str], line: int, nlines: int) -> bool:
         """Emit a clean record that overlaps no active call of its process; False: use the slow path."""
-        seq, func, pid_text, tid_text, ts, body, rv, rv_name = m.groups()
+        seq, func, pid_text, tid_text, ts, body, rv, rv_name = m.groups()[:8]
         if not spy.is_clean_body(body):
             return False
         pid = int(pid_text) if pid_text else None
@@ -212,6 +223,33 @@ class Assembler:
         return True
 
     # --- the slow path ---
+
+    def _slow_lines(self, text: str, start: int, end: int, line: int) -> int:
+        """Lines ``text[start:end]`` one by one; returns the line number reached."""
+        nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
+        for offset, one in enumerate(text[start:end].split("\n")[:nlines]):
+            self._slow_line(one, line + 1 + offset)
+        return line + nlines
+
+    def _body_run(self, text: str, start: int, end: int, line: int) -> int:
+        """Body lines (``text[start:end]``, each ending in a newline) outside a clean record.
+
+        Each is a body unit, so all go to the newest open record, as `_unit` would send them
+        one by one; with no record open they are unparsed.
+        """
+        first, last = line + 1, line + text.count("\n", start, end)
+        owned = max(0, min(last, self.own_to) - max(first, self.own_from) + 1)
+        coverage = self.coverage
+        coverage.lines += owned
+        if self._open:
+            record = self._open[-1]
+            record.body.append(text[start : end - 1])
+            record.active_at = self._headers
+            record.end_line = last
+            coverage.record_lines += owned
+        elif owned:
+            coverage.add_unparsed(max(first, self.own_from), min(last, self.own_to))
+        return last
 
     def _slow_line(self, text: str, line: int) -> None:
         owned = self.own_from <= line <= self.own_to
