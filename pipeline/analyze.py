@@ -1,10 +1,13 @@
 """Run every analysis stage over ``OUT/calls.parquet`` (the library side of ``p11lens analyze``).
 
-The calls are read lazily, only the columns the stages use; the per-call facts all stages
-share (latency, category, family, operation mechanism: ``stages.common.derive``) are computed
-once with the streaming engine and held in memory for the stages (about 150 bytes per call).  Each
-stage's result is written atomically to ``OUT/<stage>.parquet`` and listed, with its row count,
-in the ``stages`` section of ``OUT/manifest.json``.
+The calls are read once, in bounded batches of the columns the stages use; each batch gets
+the per-call facts all stages share (latency, category, family, operation mechanism, session
+life: ``stages.common.derive_batches``) and is reduced to small summaries (counts per latency,
+one row per session life, finding hits, ...: ``stages.common.reduce_calls``).  The stages are
+computed from those summaries, so memory depends on the batch size and on the size of the
+results (sessions, processes), not on the number of calls.  Each stage's result is written
+atomically to ``OUT/<stage>.parquet`` and listed, with its row count, in the ``stages``
+section of ``OUT/manifest.json``.
 """
 
 from __future__ import annotations
@@ -17,12 +20,12 @@ from pathlib import Path
 import polars as pl
 
 from pipeline.errors import InputError
-from pipeline.stages.common import derive
-from pipeline.stages.errors import errors
-from pipeline.stages.findings import findings
-from pipeline.stages.latency import latency, latency_over_time, parse_bucket
+from pipeline.stages.common import BATCH_ROWS, reduce_calls
+from pipeline.stages.errors import error_counts, errors
+from pipeline.stages.findings import finding_hits, findings, logins_without_logout
+from pipeline.stages.latency import bucket_counts, latency, latency_counts, latency_over_time, parse_bucket, time_axis
 from pipeline.stages.mechanisms import mechanisms
-from pipeline.stages.sessions import processes, session_lives, sessions
+from pipeline.stages.sessions import ends, life_parts, process_counts, processes, session_lives, sessions
 from pipeline.store import ensure_dir, write_frame, write_json
 
 log = logging.getLogger(__name__)
@@ -61,11 +64,12 @@ def _open_calls(out_dir: Path) -> pl.LazyFrame:
     return calls
 
 
-def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None = None) -> dict:
+def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None = None, batch_rows: int = BATCH_ROWS) -> dict:
     """Write every stage output into ``out_dir``; return the manifest with its ``stages`` section.
 
     ``calls``: the calls to analyze instead of ``OUT/calls.parquet`` (``p11lens job`` passes its
-    partitioned dataset, or a window of it); it must have the calls columns.
+    partitioned dataset, or a window of it); it must have the calls columns.  ``batch_rows``:
+    calls per batch of the pass (memory against per-batch overhead; results do not depend on it).
     """
     out_dir = Path(out_dir)
     started = time.perf_counter()
@@ -77,27 +81,41 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
     manifest = _read_manifest(out_dir)
     results: dict[str, dict] = {}
     lap = time.perf_counter()
-    # The shared per-call facts, computed once (streaming engine) and held by every stage.
-    frame = derive(calls).collect(engine="streaming").lazy()
+    axis = time_axis(calls, bucket)
+    # One pass over the calls in batches, reduced to the summaries the stages are computed from.
+    summary = {
+        name: frame.lazy()
+        for name, frame in reduce_calls(
+            calls,
+            {
+                "latency": latency_counts(),
+                "buckets": bucket_counts(axis),
+                "errors": error_counts(),
+                "lives": life_parts(),
+                "ends": ends(),
+                "processes": process_counts(),
+                "hits": finding_hits(),
+            },
+            batch_rows,
+        ).items()
+    }
     timings = {"derive": round(time.perf_counter() - lap, 3)}
-    lives = None
+    lives = session_lives(summary["lives"], summary["ends"]).collect().lazy()
     for name, make in (
-        ("latency", lambda: latency(frame)),
-        ("latency_over_time", lambda: latency_over_time(frame, bucket)),
-        ("errors", lambda: errors(frame)),
-        ("sessions", lambda: sessions(frame, lives=lives)),
-        ("processes", lambda: processes(frame, lives=lives)),
-        ("mechanisms", lambda: mechanisms(frame)),
+        ("latency", lambda: latency(summary["latency"])),
+        ("latency_over_time", lambda: latency_over_time(summary["buckets"], axis)),
+        ("errors", lambda: errors(summary["errors"])),
+        ("sessions", lambda: sessions(lives)),
+        ("processes", lambda: processes(summary["processes"], lives, logins_without_logout(summary["hits"]))),
+        ("mechanisms", lambda: mechanisms(summary["latency"])),
         ("findings", lambda: findings(
-            frame, sessions=pl.scan_parquet(out_dir / "sessions.parquet"), inputs=manifest.get("inputs")
+            summary["hits"], sessions=pl.scan_parquet(out_dir / "sessions.parquet"), process_counts=summary["processes"],
+            inputs=manifest.get("inputs"),
         )),
     ):
         lap = time.perf_counter()
-        if name == "sessions":
-            lives = session_lives(frame).collect().lazy()
         results[name] = {"file": f"{name}.parquet", "rows": write_frame(make(), out_dir / f"{name}.parquet")}
         timings[name] = round(time.perf_counter() - lap, 3)
-    del frame
     bucket_seconds = pl.scan_parquet(out_dir / "latency_over_time.parquet").select(pl.col("bucket_seconds").first()).collect().item()
     by_severity = pl.read_parquet(out_dir / "findings.parquet", columns=["severity"])["severity"].value_counts().iter_rows()
     manifest["stages"] = {

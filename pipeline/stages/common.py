@@ -25,6 +25,9 @@ Derived columns (all stages may rely on them):
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
 import polars as pl
 
 CKR_OK = 0
@@ -86,7 +89,8 @@ MECHANISM_FUNCS = frozenset(
     f for f in FUNC_FAMILY if f.endswith("Init") or FUNC_FAMILY[f] in ("keygen", "wrap", "unwrap", "derive")
 ) | {"C_EncapsulateKey", "C_DecapsulateKey", "C_MessageEncryptInit", "C_MessageDecryptInit"}
 
-DERIVED = ("pid_k", "tid_k", "pos", "category", "family", "op_mechanism", "latency_ms")
+OK = pl.col("rv") == CKR_OK
+LOGIN = pl.col("func").is_in(["C_Login", "C_LoginUser"])
 
 
 def category_expr() -> pl.Expr:
@@ -111,71 +115,229 @@ def family_expr() -> pl.Expr:
     return pl.col("func").replace_strict(FUNC_FAMILY, default=None, return_dtype=pl.String)
 
 
+
+
 # The calls columns the stages read (the others -- attributes, created, lengths, object handle --
-# are left behind, which keeps the one sort over all calls narrow).
+# are left behind, which keeps each batch narrow).
 STAGE_COLUMNS = (
-    "source", "process", "pid", "tid", "seq", "line", "ts", "func", "rv", "rv_name", "complete", "slot",
-    "session", "mechanism", "user_type", "uncertain", "secrets",
+    "source", "process", "pid", "tid", "line", "ts", "func", "rv", "rv_name", "complete", "slot",
+    "session", "mechanism", "user_type", "uncertain", "secrets", "flags",
 )
+BATCH_ROWS = 131_072  # calls per batch: the unit of memory (measured: ~100 MiB of working set)
+COMPACT_EVERY = 8  # partial summaries held per reduction before they are combined into one
+
+# Per-batch state keys: ``src`` is a small integer standing for ``source`` (cheaper to hash).
+_THREAD = ["src", "process", "pid_k", "tid_k"]
+_PROCESS = ["src", "process", "pid_k"]
+_HANDLE = ["src", "process", "pid_k", "session"]
+_OPERATION = ["src", "process", "pid_k", "session", "family"]
+_LATENCY_COLUMNS = ["src", "process", "pid_k", "tid_k", "pos", "ts", "uncertain", "complete", "func", "op_mechanism", "category"]
+_AUTH_COLUMNS = ["src", "source", "process", "pid_k", "pos", "line", "func", "user_type"]
 
 
-def derive(calls: pl.LazyFrame) -> pl.LazyFrame:
-    """Add the derived columns (see the module docstring); a no-op on a derived frame.
+@dataclass(frozen=True)
+class Batch:
+    """One step of the pass over the calls (see ``derive_batches``).
 
-    Calls are put in (source, line) order: within one thread of one process that is entry
-    order (a thread's next header follows its previous ``Returned:``), and it is the order in
-    which the spy flushed a process's records.  (The spy's counter ``seq`` would do as well
-    within a process, but line numbers are unique in a source and need no tie-break.)
+    ``calls``: the batch's calls in entry order with every derived column but ``latency_ms``.
+    ``latency``: the calls whose latency became known in this step (``func``, ``op_mechanism``,
+    ``category``, ``ts``, ``pos``, ``latency_ms``): the batch's calls minus the last of each
+    thread, plus the last ones of earlier batches whose next entry this batch holds.
+    ``logins``: likewise the successful logins whose next login or logout became known, with
+    ``logged_out`` (the next one is a successful C_Logout) -- ``source``, ``process``,
+    ``pid_k``, ``line``, ``user_type``, ``pos``.
+    """
+
+    calls: pl.DataFrame
+    latency: pl.DataFrame
+    logins: pl.DataFrame
+
+
+def derive_batches(calls: pl.LazyFrame, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
+    """The calls in entry order, in batches of ``batch_rows``, with the derived columns.
+
+    Why batches: the per-call facts that look across calls (latency = the next entry of the
+    same thread, the operation mechanism = the latest Init on the same session, the session
+    life) only ever look at the same thread, session or process, so a pass in entry order
+    that carries one small row per thread, session and process from batch to batch computes
+    them exactly, in memory bounded by the batch and the number of threads and sessions --
+    not by the number of calls.  Latency and the login/logout pairing need the *next* call,
+    so the last call of each thread (and the last login of each process) is held back until
+    a later batch (or the end) supplies it: those rows come out in ``Batch.latency`` /
+    ``Batch.logins`` one or more batches later, never in ``Batch.calls`` out of order.
+
+    Order: calls are taken in (source, line) order.  Within one thread of one process that is
+    entry order (a thread's next header follows its previous ``Returned:``), and it is the
+    order in which the spy flushed a process's records.  (The spy's counter ``seq`` would do
+    as well within a process, but line numbers are unique in a source and need no tie-break.)
+    The parser writes nearly in that order, but not quite (an unfinished record of one
+    process can be written a hundred thousand rows late), so a batch is not a slice of rows
+    but a range of lines of one source (``line_ranges``), read with a filter and sorted: exact
+    whatever the row order, and bounded.  At least one batch is yielded, so that every
+    summary has its columns even for an empty table.
     """
     schema = calls.collect_schema()
-    if all(name in schema for name in DERIVED):
-        return calls
-    keep = [name for name in (*STAGE_COLUMNS, "flags") if name in schema]
-    frame = calls.select(keep).with_columns(
-        pl.col("pid").fill_null(-1).alias("pid_k"),
-        pl.col("tid").fill_null(-1).alias("tid_k"),
-        pl.col("func").cast(pl.String),
-        pl.col("source").cast(pl.Categorical).to_physical().cast(pl.Int64).alias("src"),  # cheap key
+    frame = calls.select(
+        *(pl.col(name) for name in STAGE_COLUMNS if name in schema),
+        *([] if "flags" in schema else [pl.lit(None, pl.List(pl.String)).alias("flags")]),
     )
-    if not _in_line_order(frame):  # the parser writes (nearly always) in line order: skip the sort
-        frame = frame.sort("src", "line")
-    frame = (
-        frame.with_columns(
-            pl.int_range(pl.len(), dtype=pl.Int64).alias("pos"),
+    ranges = line_ranges(frame, batch_rows).iter_rows()
+    state, offset, chunk = _Carry(), 0, next(ranges, None)
+    while True:
+        batch = frame.head(0).collect() if chunk is None else frame.filter(
+            (pl.col("source") == chunk[0]) & pl.col("line").is_between(chunk[1], chunk[2], closed="left")
+        ).collect().sort("line")
+        chunk = next(ranges, None)
+        yield state.step(batch, offset, last=chunk is None)
+        offset += batch.height
+        if chunk is None:
+            return
+
+
+LINE_BLOCK = 4096  # lines per block of the row census that cuts the batches
+
+
+def line_ranges(frame: pl.LazyFrame, batch_rows: int) -> pl.DataFrame:
+    """``source``, ``lo``, ``hi``: line ranges ``[lo, hi)`` of about ``batch_rows`` calls each
+    (more when one block of ``LINE_BLOCK`` lines holds more), from one streaming count of the
+    calls per block of lines."""
+    return (
+        frame.group_by("source", (pl.col("line") // LINE_BLOCK).alias("block"))
+        .agg(pl.len().alias("n"))
+        .collect(engine="streaming")
+        .sort("source", "block")
+        .with_columns(((pl.col("n").cum_sum() - pl.col("n")).over("source") // batch_rows).alias("part"))
+        .group_by("source", "part", maintain_order=True)
+        .agg((pl.col("block").min() * LINE_BLOCK).alias("lo"), ((pl.col("block").max() + 1) * LINE_BLOCK).alias("hi"))
+        .select("source", "lo", "hi")
+    )
+
+
+class _Carry:
+    """What one batch hands the next: per session handle its number of opens, per
+    (session, family) the latest Init mechanism, the calls still waiting for their thread's
+    next entry and the logins still waiting for their process's next login or logout."""
+
+    def __init__(self) -> None:
+        self.sources: dict[str, int] = {}
+        self.opens = pl.DataFrame(schema={"src": pl.Int64, "process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "_opens": pl.UInt32})
+        self.inits = pl.DataFrame(schema={"src": pl.Int64, "process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "family": pl.String, "_init_before": pl.String})
+        self.waiting: pl.DataFrame | None = None  # latency candidates
+        self.logins: pl.DataFrame | None = None
+
+    def _src(self, sources: pl.Series) -> pl.Expr:
+        for name in sources.unique(maintain_order=True):
+            self.sources.setdefault(name, len(self.sources))
+        if not self.sources:  # no calls at all (replace_strict with an empty mapping keeps the str type)
+            return pl.lit(None, pl.Int64)
+        return pl.col("source").replace_strict(self.sources, return_dtype=pl.Int64)
+
+    def step(self, raw: pl.DataFrame, offset: int, last: bool) -> Batch:
+        frame = raw.with_columns(
+            self._src(raw["source"]).alias("src"),
+            pl.col("pid").fill_null(-1).alias("pid_k"),
+            pl.col("tid").fill_null(-1).alias("tid_k"),
+            pl.col("func").cast(pl.String),
+            (pl.int_range(pl.len(), dtype=pl.Int64) + offset).alias("pos"),
             category_expr().alias("category"),
             family_expr().alias("family"),
+        ).drop("pid", "tid")
+        # The session life: opens of the handle so far (this batch's cumulative count on top of the carried one).
+        is_open = (pl.col("func") == "C_OpenSession") & OK
+        frame = frame.with_columns(is_open.cum_sum().over(_HANDLE).alias("_opens_here"))
+        frame = frame.join(self.opens, on=_HANDLE, how="left", maintain_order="left").with_columns(
+            pl.when(pl.col("session").is_not_null()).then(pl.col("_opens_here") + pl.col("_opens").fill_null(0)).alias("life")
         )
-    )
-    # The mechanism of an operation's later calls: the latest Init of that family on that session.
-    init_mech = pl.when(pl.col("func").is_in(list(OP_INIT_FUNCS))).then(pl.col("mechanism"))
-    frame = frame.with_columns(
-        pl.when(pl.col("func").is_in(list(MECHANISM_FUNCS)))
-        .then(pl.col("mechanism"))
-        .when(pl.col("func").is_in(list(CONTINUATION_FUNCS)) & pl.col("session").is_not_null())
-        .then(init_mech.forward_fill().over(["src", "process", "pid_k", "session", "family"]))
-        .alias("op_mechanism")
-    )
-    next_entry = pl.col("ts").shift(-1).backward_fill().over(["src", "process", "pid_k", "tid_k"])
-    gap = (next_entry - pl.col("ts")).dt.total_milliseconds()
-    latency = (
-        pl.when(pl.col("uncertain") | ~pl.col("complete") | (gap < 0))
-        .then(None)
-        .otherwise(gap)
-        .cast(pl.Int64)
-        .alias("latency_ms")
-    )
-    return frame.with_columns(latency).drop("src", "pid", "tid", "seq")  # pid_k, tid_k, pos replace them
+        # The mechanism of an operation's later calls: the latest Init of that family on that session.
+        init_mech = pl.when(pl.col("func").is_in(list(OP_INIT_FUNCS))).then(pl.col("mechanism"))
+        frame = frame.with_columns(init_mech.alias("_init"), init_mech.forward_fill().over(_OPERATION).alias("_init_here"))
+        frame = frame.join(self.inits, on=_OPERATION, how="left", maintain_order="left", nulls_equal=True).with_columns(
+            pl.when(pl.col("func").is_in(list(MECHANISM_FUNCS)))
+            .then(pl.col("mechanism"))
+            .when(pl.col("func").is_in(list(CONTINUATION_FUNCS)) & pl.col("session").is_not_null())
+            .then(pl.coalesce("_init_here", "_init_before"))
+            .alias("op_mechanism")
+        )
+        self.opens = _latest(self.opens, frame.filter(pl.col("session").is_not_null()).select(*_HANDLE, pl.col("life").alias("_opens")), _HANDLE)
+        self.inits = _latest(self.inits, frame.filter(pl.col("_init").is_not_null()).select(*_OPERATION, pl.col("_init").alias("_init_before")), _OPERATION)
+        frame = frame.drop("_opens_here", "_opens", "_init", "_init_here", "_init_before")
+        latency, self.waiting = _next_known(
+            self.waiting, frame.select(_LATENCY_COLUMNS), _THREAD, pl.col("ts").shift(-1).backward_fill(), last
+        )
+        auth = frame.filter((LOGIN | (pl.col("func") == "C_Logout")) & OK).select(_AUTH_COLUMNS)
+        logins, self.logins = _next_known(self.logins, auth, _PROCESS, pl.col("func").shift(-1), last, keep=LOGIN)
+        gap = (pl.col("_next") - pl.col("ts")).dt.total_milliseconds()
+        return Batch(
+            calls=frame.drop("src"),
+            latency=latency.select(
+                "func", "op_mechanism", "category", "ts", "pos",
+                pl.when(pl.col("uncertain") | ~pl.col("complete") | (gap < 0)).then(None).otherwise(gap).cast(pl.Int64).alias("latency_ms"),
+            ),
+            logins=logins.filter(LOGIN).select(
+                "source", "process", "pid_k", "line", "user_type", "pos", (pl.col("_next") == "C_Logout").fill_null(False).alias("logged_out")
+            ),
+        )
 
 
-def _in_line_order(frame: pl.LazyFrame) -> bool:
-    """True when each source's rows are contiguous and in increasing line order."""
-    changes = pl.col("src") != pl.col("src").shift(1)
-    ok = frame.select(
-        ((pl.col("line").diff() > 0) | changes).all(ignore_nulls=True).alias("ascending"),
-        (changes.sum() + 1 == pl.col("src").n_unique()).alias("contiguous"),
-        pl.len().alias("n"),
-    ).collect(engine="streaming")
-    return ok["n"][0] == 0 or bool(ok["ascending"][0] and ok["contiguous"][0])
+def _latest(carried: pl.DataFrame, seen: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+    """The carried per-key values updated with the last value of each key in this batch."""
+    return pl.concat([carried, seen]).unique(subset=keys, keep="last", maintain_order=False)
+
+
+def _next_known(
+    waiting: pl.DataFrame | None, rows: pl.DataFrame, keys: list[str], following: pl.Expr, last: bool, keep: pl.Expr | None = None
+) -> tuple[pl.DataFrame, pl.DataFrame | None]:
+    """Rows (waiting ones first, all in entry order) with ``_next`` = ``following`` within their
+    key: (rows whose ``_next`` is known, or all rows in the last batch; rows still waiting).
+
+    A row waits while ``_next`` is null and it is still of interest (``keep``): the next row of
+    its key is in a later batch, or there is none and the end of the calls will say so.
+    """
+    rows = (rows if waiting is None else pl.concat([waiting, rows])).with_columns(following.over(keys).alias("_next"))
+    if last:
+        return rows, None
+    wait = pl.col("_next").is_null()
+    return rows.filter(~wait), rows.filter(wait if keep is None else wait & keep).drop("_next")
+
+
+def derive(calls: pl.LazyFrame, batch_rows: int = BATCH_ROWS) -> pl.LazyFrame:
+    """Every call with its derived columns (``latency_ms`` included), in entry order.
+
+    Holds all calls in memory: for tests and small tables; ``analyze`` reduces the batches
+    of ``derive_batches`` instead.
+    """
+    batches = list(derive_batches(calls, batch_rows))
+    latency = pl.concat([b.latency.select("pos", "latency_ms") for b in batches])
+    return pl.concat([b.calls for b in batches]).join(latency, on="pos", how="left", maintain_order="left").lazy()
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """A summary of the calls built batch by batch.
+
+    ``partial`` summarises one batch; ``combine`` turns summaries, concatenated in batch
+    order, into one summary with the same columns (so it can be applied again, which keeps
+    at most ``COMPACT_EVERY`` summaries in memory).  Both are pure LazyFrame functions.
+    """
+
+    partial: Callable[[Batch], pl.LazyFrame]
+    combine: Callable[[pl.LazyFrame], pl.LazyFrame]
+
+
+def reduce_calls(calls: pl.LazyFrame, reductions: dict[str, Reduction], batch_rows: int = BATCH_ROWS) -> dict[str, pl.DataFrame]:
+    """Run every reduction over the batches of ``derive_batches``: name -> combined summary."""
+    held: dict[str, list[pl.DataFrame]] = {name: [] for name in reductions}
+
+    def combined(name: str) -> pl.DataFrame:
+        return reductions[name].combine(pl.concat(held[name]).lazy()).collect()
+
+    for batch in derive_batches(calls, batch_rows):
+        parts = pl.collect_all([r.partial(batch) for r in reductions.values()])
+        for name, part in zip(reductions, parts):
+            held[name].append(part)
+            if len(held[name]) >= COMPACT_EVERY:
+                held[name] = [combined(name)]
+    return {name: combined(name) for name in reductions}
 
 
 def restore_pid(frame: pl.LazyFrame) -> pl.LazyFrame:

@@ -11,13 +11,19 @@ The number is authoritative, the name a convenience (format notes §3.4): rows a
 ``rv_name`` is the name the spy printed (vendor and unknown codes as written, e.g.
 ``(null)``; where spies of different versions named one code differently, a real name wins
 over ``(null)``), and ``rv_hex`` the code in hex for looking it up.
+
+How: each batch of calls reduces to counts, names and first/last stamps per (function,
+return value, category) (``error_counts``); the per-return-value rows combine those.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from pipeline.stages.common import derive
+from pipeline.stages.common import Reduction
+
+KEYS = ["func", "rv", "category"]
+
 
 def _hex(value: int) -> str:
     """A 64-bit Windows spy prints codes >= 0x80000000 as negative 32-bit longs (§3.4)."""
@@ -27,41 +33,51 @@ def _hex(value: int) -> str:
 COLUMNS = ["func", "rv", "rv_name", "rv_hex", "category", "count", "first_ts", "last_ts", "share"]
 
 
-def _agg() -> list[pl.Expr]:
-    named = pl.col("rv_name").filter(pl.col("rv_name") != "(null)")
+def _combined() -> list[pl.Expr]:
+    """Partial summaries (rows of ``error_counts``) into one per group."""
     return [
-        pl.coalesce(named.min(), pl.col("rv_name").min()).alias("rv_name"),
-        pl.len().cast(pl.Int64).alias("count"),
-        pl.col("ts").min().alias("first_ts"),
-        pl.col("ts").max().alias("last_ts"),
+        pl.col("named").min(),
+        pl.col("rv_name").min(),
+        pl.col("count").sum(),
+        pl.col("first_ts").min(),
+        pl.col("last_ts").max(),
     ]
 
 
-def errors(calls: pl.LazyFrame) -> pl.LazyFrame:
-    frame = derive(calls).select("func", "rv", "rv_name", "ts", "category")
-    total = frame.select(pl.len().alias("all_calls"))
-    per_func_total = frame.group_by("func").agg(pl.len().alias("func_calls"))
+def error_counts() -> Reduction:
+    """Per (function, return value, category): the least real name (not ``(null)``), the least
+    name, calls, first and last stamp."""
+    named = pl.col("rv_name").filter(pl.col("rv_name") != "(null)")
+    return Reduction(
+        partial=lambda batch: batch.calls.lazy().group_by(KEYS).agg(
+            named.min().alias("named"),
+            pl.col("rv_name").min(),
+            pl.len().cast(pl.Int64).alias("count"),
+            pl.col("ts").min().alias("first_ts"),
+            pl.col("ts").max().alias("last_ts"),
+        ),
+        combine=lambda counts: counts.group_by(KEYS).agg(_combined()),
+    )
+
+
+def errors(counts: pl.LazyFrame) -> pl.LazyFrame:
+    """``counts``: the combined ``error_counts`` summary."""
+    name = pl.coalesce("named", "rv_name").alias("rv_name")
     per_rv = (
-        frame.group_by("rv", "category")
-        .agg(_agg())
-        .join(total, how="cross")
+        counts.group_by("rv", "category")
+        .agg(_combined())
         .with_columns(
             pl.lit(None, pl.String).alias("func"),
-            (pl.col("count") / pl.col("all_calls")).alias("share"),
+            (pl.col("count") / pl.col("count").sum()).alias("share"),
         )
     )
-    per_func = (
-        frame.group_by("func", "rv", "category")
-        .agg(_agg())
-        .join(per_func_total, on="func", how="left")
-        .with_columns((pl.col("count") / pl.col("func_calls")).alias("share"))
-    )
+    per_func = counts.with_columns((pl.col("count") / pl.col("count").sum().over("func")).alias("share"))
     rv_hex = (
         pl.when(pl.col("rv").is_null())
         .then(None)
         .otherwise(pl.lit("0x") + pl.col("rv").map_elements(_hex, return_dtype=pl.String))
     )
     return (
-        pl.concat([per_rv.with_columns(rv_hex.alias("rv_hex")).select(COLUMNS), per_func.with_columns(rv_hex.alias("rv_hex")).select(COLUMNS)])
+        pl.concat([frame.with_columns(name, rv_hex.alias("rv_hex")).select(COLUMNS) for frame in (per_rv, per_func)])
         .sort(["func", "count", "rv"], descending=[False, True, False], nulls_last=[False, False, True])
     )

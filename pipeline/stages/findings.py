@@ -30,15 +30,20 @@ Codes (severity):
   incomplete-records (info)         records without Returned: (truncation, crash, kill)
   uncertain-records (info)          records whose thread attribution is a guess
   unparsed-lines (info)             input lines that are no spy output (manifest coverage)
+
+How: each batch of calls reduces to *hits* (``finding_hits``): per kind of finding and its keys
+(source, process, function, subject, detail), the first line, the number of records and the
+first 20 lines -- which combine across batches (least line, sum, least 20 of the union), so
+the calls are never held.  The findings are then built from the hits, the sessions stage's
+output and the per-process counts.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from pipeline.stages.common import CKR_OK, CKR_PIN_INCORRECT, CKR_PIN_LOCKED, PROCESS_KEYS, derive
+from pipeline.stages.common import CKR_PIN_INCORRECT, CKR_PIN_LOCKED, OK, PROCESS_KEYS, Batch, Reduction
 from pipeline.stages.mechanisms import mechanism_uses, weakness_table
-from pipeline.stages.sessions import sessions as sessions_stage
 
 COLUMNS = ["severity", "code", "message", "source", "line", "count", "process", "subject", "lines"]
 SCHEMA = {
@@ -83,43 +88,118 @@ def _finish(frame: pl.LazyFrame, severity: pl.Expr | str, code: pl.Expr | str, m
     )
 
 
-def _secrets(calls: pl.LazyFrame) -> pl.LazyFrame:
-    items = (
+HIT_SCHEMA = {
+    "kind": pl.String, "source": pl.String, "process": pl.Int32, "pid_k": pl.Int64, "func": pl.String,
+    "subject": pl.String, "detail": pl.String,
+}
+HIT_KEYS = list(HIT_SCHEMA)
+KEY_KINDS = {  # hit kind -> (code, severity, what the template said)
+    "key-sensitive-false": ("key-not-sensitive", "medium", "with CKA_SENSITIVE=False: its value can be read out"),
+    "key-sensitive-missing": ("key-not-sensitive", "low", "without CKA_SENSITIVE in the template: the token's default applies"),
+    "key-extractable": ("key-extractable", "medium", "with CKA_EXTRACTABLE=True: it can be wrapped out of the token"),
+}
+
+
+def _merged() -> list[pl.Expr]:
+    """Hits of one group into one: first line, records, first lines."""
+    return [pl.col("line").min(), pl.col("count").sum(), pl.col("lines").explode().sort().head(MAX_LINES)]
+
+
+def finding_hits() -> Reduction:
+    """Per (kind, source, process, pid_k, func, subject, detail): first line, records, first lines."""
+    return Reduction(
+        partial=lambda batch: pl.concat(_hit_rows(batch)).group_by(HIT_KEYS).agg(*_first()),
+        combine=lambda hits: hits.group_by(HIT_KEYS).agg(_merged()),
+    )
+
+
+def _hit(frame: pl.LazyFrame, kind: str | pl.Expr, **keys: pl.Expr) -> pl.LazyFrame:
+    """One row per record of a finding ``kind`` (the other keys null)."""
+    return frame.select(
+        *((pl.lit(kind) if isinstance(kind, str) else kind).alias("kind") if name == "kind" else
+          pl.col("source") if name == "source" else keys.get(name, pl.lit(None)).cast(dtype).alias(name)
+          for name, dtype in HIT_SCHEMA.items()),
+        pl.col("line"),
+    )
+
+
+def _hit_rows(batch: Batch) -> list[pl.LazyFrame]:
+    calls = batch.calls.lazy()
+    process = {"process": pl.col("process"), "pid_k": pl.col("pid_k")}
+    secrets = (
         calls.filter(pl.col("secrets").is_not_null())
         .select("source", "line", "func", pl.col("secrets").alias("item"))
         .explode("item")
         .filter(pl.col("item").is_not_null())
-        .with_columns(
-            pl.col("item").str.split_exact(":", 1).struct.rename_fields(["kind", "name"]).alias("parts")
-        )
+        .with_columns(pl.col("item").str.split_exact(":", 1).struct.rename_fields(["secret", "name"]).alias("parts"))
         .unnest("parts")
-        .filter(pl.col("kind").is_in(list(SECRET_CODES)))
-        .group_by("source", "kind", "name")
-        .agg(*_first(), pl.col("func").unique().sort().str.join(", ").alias("funcs"))
+        .filter(pl.col("secret").is_in(list(SECRET_CODES)))
     )
-    code = pl.col("kind").replace_strict({k: v[0] for k, v in SECRET_CODES.items()})
-    severity = pl.col("kind").replace_strict({k: v[1] for k, v in SECRET_CODES.items()})
-    what = pl.col("kind").replace_strict({k: v[2] for k, v in SECRET_CODES.items()})
+    logins = batch.logins.lazy().filter(~pl.col("logged_out"))
+    keys = _key_templates(calls.filter(pl.col("func").is_in(KEY_CREATING)))
+    has = lambda text: pl.col("key").list.contains(text)  # noqa: E731
+    key_kind = (
+        pl.when(has("CKA_SENSITIVE=False")).then(pl.lit("key-sensitive-false"))
+        .when(~has("CKA_SENSITIVE=True")).then(pl.lit("key-sensitive-missing"))
+    )
+    bits = pl.col("flags").list.eval(
+        pl.element().filter(pl.element().str.starts_with("pPublicKeyTemplate.CKA_MODULUS_BITS=")).str.extract(r"=(\d+)$").cast(pl.Int64)
+    ).list.first()
+    small = (
+        calls.filter((pl.col("func") == "C_GenerateKeyPair") & OK & pl.col("flags").is_not_null())
+        .with_columns(bits.alias("bits"))
+        .filter(pl.col("bits") < 2048)
+    )
+    return [
+        _hit(secrets, "secret", func=pl.col("func"), subject=pl.col("name"), detail=pl.col("secret")),
+        _hit(calls.filter(pl.col("rv") == CKR_PIN_INCORRECT), "pin-failure", func=pl.col("func"), **process),
+        _hit(calls.filter(pl.col("rv") == CKR_PIN_LOCKED), "pin-locked", **process),
+        _hit(calls.filter(pl.col("func").is_in(["C_InitToken", "C_InitPIN", "C_SetPIN"])), "pin-admin",
+             func=pl.col("func"), detail=pl.when(OK).then(pl.lit("ok"))),
+        _hit(logins, "login-without-logout", subject=pl.col("user_type"), **process),
+        _hit(mechanism_uses(calls), "mechanism", subject=pl.col("mechanism"), detail=pl.col("family")),
+        _hit(keys.filter(key_kind.is_not_null()), key_kind, func=pl.col("func")),
+        _hit(keys.filter(has("CKA_EXTRACTABLE=True")), "key-extractable", func=pl.col("func")),
+        _hit(small, "rsa-key-small", subject=pl.col("bits")),
+        _hit(calls.filter(~pl.col("complete")), "incomplete", func=pl.col("func")),
+        _hit(calls.filter(pl.col("uncertain")), "uncertain"),
+    ]
+
+
+def _of(hits: pl.LazyFrame, kind: str, *keys: str, **extra: pl.Expr) -> pl.LazyFrame:
+    """The hits of ``kind`` merged per ``keys``, with ``extra`` aggregations."""
+    return hits.filter(pl.col("kind") == kind).group_by(*keys).agg(*_merged(), **extra)
+
+
+def logins_without_logout(hits: pl.LazyFrame) -> pl.LazyFrame:
+    """Per process (``PROCESS_KEYS``): successful logins whose next login or logout is not a C_Logout."""
+    return _of(hits, "login-without-logout", *PROCESS_KEYS).select(*PROCESS_KEYS, pl.col("count").alias("logins_without_logout"))
+
+
+def _funcs() -> pl.Expr:
+    return pl.col("func").unique().sort()
+
+
+def _secrets(hits: pl.LazyFrame) -> pl.LazyFrame:
+    items = _of(hits, "secret", "source", "detail", "subject", funcs=_funcs().str.join(", "))
+    code = pl.col("detail").replace_strict({k: v[0] for k, v in SECRET_CODES.items()})
+    severity = pl.col("detail").replace_strict({k: v[1] for k, v in SECRET_CODES.items()})
+    what = pl.col("detail").replace_strict({k: v[2] for k, v in SECRET_CODES.items()})
     message = pl.format(
         "{} in clear in the trace: {} dumped by {} in {} record(s), first at line {}; remove or sanitise the trace",
-        what, "name", "funcs", "count", "line",
+        what, "subject", "funcs", "count", "line",
     )
-    return _finish(items, severity, code, message, subject=pl.col("name"))
+    return _finish(items, severity, code, message, subject=pl.col("subject"))
 
 
-def _pin_failures(calls: pl.LazyFrame, threshold: int) -> pl.LazyFrame:
+def _pin_failures(hits: pl.LazyFrame, threshold: int) -> pl.LazyFrame:
     """Wrong PINs per source: guessing need not stay in one process (a script may retry)."""
-    fails = (
-        calls.filter(pl.col("rv") == CKR_PIN_INCORRECT)
-        .group_by("source")
-        .agg(
-            *_first(),
-            pl.col("func").unique().sort().str.join(", ").alias("funcs"),
-            pl.struct(PROCESS_KEYS[1:]).n_unique().alias("processes"),
-            pl.col("process").unique().alias("process_list"),
-        )
-        .with_columns(pl.when(pl.col("processes") == 1).then(pl.col("process_list").list.first()).alias("process"))
-    )
+    fails = _of(
+        hits, "pin-failure", "source",
+        funcs=_funcs().str.join(", "),
+        processes=pl.struct(PROCESS_KEYS[1:]).n_unique(),
+        process_list=pl.col("process").unique(),
+    ).with_columns(pl.when(pl.col("processes") == 1).then(pl.col("process_list").list.first()).alias("process"))
     repeated = pl.col("count") >= threshold
     severity = pl.when(pl.col("count") >= max(5, threshold)).then(pl.lit("high")).when(repeated).then(pl.lit("medium")).otherwise(pl.lit("low"))
     code = pl.when(repeated).then(pl.lit("pin-failures-repeated")).otherwise(pl.lit("pin-failure"))
@@ -131,18 +211,14 @@ def _pin_failures(calls: pl.LazyFrame, threshold: int) -> pl.LazyFrame:
     return _finish(fails, severity, code, message, process=True)
 
 
-def _pin_locked(calls: pl.LazyFrame) -> pl.LazyFrame:
-    locked = calls.filter(pl.col("rv") == CKR_PIN_LOCKED).group_by(*PROCESS_KEYS).agg(*_first())
+def _pin_locked(hits: pl.LazyFrame) -> pl.LazyFrame:
+    locked = _of(hits, "pin-locked", *PROCESS_KEYS)
     message = pl.format("the PIN is locked: {} call(s) returned CKR_PIN_LOCKED in process {}, first at line {}", "count", "process", "line")
     return _finish(locked, "high", "pin-locked", message, process=True)
 
 
-def _pin_admin(calls: pl.LazyFrame) -> pl.LazyFrame:
-    admin = (
-        calls.filter(pl.col("func").is_in(["C_InitToken", "C_InitPIN", "C_SetPIN"]))
-        .group_by("source", "func")
-        .agg(*_first(), (pl.col("rv") == CKR_OK).sum().alias("ok"))
-    )
+def _pin_admin(hits: pl.LazyFrame) -> pl.LazyFrame:
+    admin = _of(hits, "pin-admin", "source", "func", ok=pl.col("count").filter(pl.col("detail") == "ok").sum())
     message = pl.format("PIN administration: {} called {} time(s) ({} successful), first at line {}", "func", "count", "ok", "line")
     return _finish(admin, "info", "pin-admin", message, subject=pl.col("func"))
 
@@ -177,39 +253,22 @@ def _closed_by_finalize(sessions: pl.LazyFrame) -> pl.LazyFrame:
     return _finish(left, "low", "session-closed-by-finalize", message, process=True)
 
 
-def _login_without_logout(calls: pl.LazyFrame) -> pl.LazyFrame:
-    login = pl.col("func").is_in(["C_Login", "C_LoginUser"])
-    auth = (
-        calls.filter((login | (pl.col("func") == "C_Logout")) & (pl.col("rv") == CKR_OK))
-        .select(*PROCESS_KEYS, "pos", "func", "line", "user_type")
-        .sort("pos")
-        .with_columns(pl.col("func").shift(-1).over(PROCESS_KEYS).alias("next_func"))
-        .filter(login & (pl.col("next_func").is_null() | (pl.col("next_func") != "C_Logout")))
-        .group_by(*PROCESS_KEYS)
-        .agg(*_first(), pl.col("user_type").drop_nulls().unique().sort().str.join(", ").alias("users"))
-    )
+def _login_without_logout(hits: pl.LazyFrame) -> pl.LazyFrame:
+    auth = _of(hits, "login-without-logout", *PROCESS_KEYS, users=pl.col("subject").drop_nulls().unique().sort().str.join(", "))
     message = pl.format("{} successful login(s) ({}) in process {} never followed by C_Logout, first at line {}", "count", "users", "process", "line")
     return _finish(auth, "low", "login-without-logout", message, process=True)
 
 
-def _no_finalize(calls: pl.LazyFrame) -> pl.LazyFrame:
-    per = (
-        calls.group_by(*PROCESS_KEYS)
-        .agg(
-            ((pl.col("func") == "C_Finalize") & (pl.col("rv") == CKR_OK)).any().alias("finalized"),
-            pl.col("line").max().alias("line"),
-            pl.len().cast(pl.Int64).alias("calls"),
-        )
-        .filter(~pl.col("finalized"))
-        .with_columns(pl.lit(1, pl.Int64).alias("count"), pl.concat_list(pl.col("line")).alias("lines"))
+def _no_finalize(process_counts: pl.LazyFrame) -> pl.LazyFrame:
+    per = process_counts.filter(~pl.col("finalized")).with_columns(
+        pl.col("last_line").alias("line"), pl.lit(1, pl.Int64).alias("count"), pl.concat_list(pl.col("last_line")).alias("lines")
     )
     message = pl.format("process {} made {} call(s) and never called C_Finalize successfully; its last call is at line {}", "process", "calls", "line")
     return _finish(per, "low", "no-finalize", message, process=True)
 
 
-def _weak(calls: pl.LazyFrame) -> pl.LazyFrame:
-    uses = mechanism_uses(calls).filter(pl.col("func").is_in(["C_GetMechanismInfo"]).not_())
-    per = uses.group_by("source", "mechanism", "family").agg(*_first()).collect()
+def _weak(hits: pl.LazyFrame) -> pl.LazyFrame:
+    per = _of(hits, "mechanism", "source", "subject", "detail").rename({"subject": "mechanism", "detail": "family"}).collect()
     table = weakness_table(per).filter(pl.col("weakness").is_not_null())
     weak = per.join(table, on=["mechanism", "family"], how="inner").lazy()
     message = pl.format("{} used for {} in {} call(s): {}; first at line {}", "mechanism", "family", "count", "weakness", "line")
@@ -218,7 +277,7 @@ def _weak(calls: pl.LazyFrame) -> pl.LazyFrame:
 
 def _key_templates(calls: pl.LazyFrame) -> pl.LazyFrame:
     """Successful key-creating calls, with the flags of the template that describes the private/secret key."""
-    made = calls.filter(pl.col("func").is_in(KEY_CREATING) & (pl.col("rv") == CKR_OK) & pl.col("flags").is_not_null())
+    made = calls.filter(pl.col("func").is_in(KEY_CREATING) & OK & pl.col("flags").is_not_null())
     pair = pl.col("flags").list.eval(
         pl.element().filter(pl.element().str.starts_with("pPrivateKeyTemplate.")).str.strip_prefix("pPrivateKeyTemplate.")
     )
@@ -238,44 +297,23 @@ def _key_templates(calls: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
-def _key_findings(calls: pl.LazyFrame) -> list[pl.LazyFrame]:
-    calls = calls.filter(pl.col("func").is_in(KEY_CREATING))
-    keys = _key_templates(calls)
-    has = lambda text: pl.col("key").list.contains(text)  # noqa: E731
+def _key_findings(hits: pl.LazyFrame) -> list[pl.LazyFrame]:
     out = []
-    for code, cond, severity, text in (
-        ("key-not-sensitive", has("CKA_SENSITIVE=False"), "medium", "with CKA_SENSITIVE=False: its value can be read out"),
-        (
-            "key-not-sensitive",
-            ~has("CKA_SENSITIVE=False") & ~has("CKA_SENSITIVE=True"),
-            "low",
-            "without CKA_SENSITIVE in the template: the token's default applies",
-        ),
-        ("key-extractable", has("CKA_EXTRACTABLE=True"), "medium", "with CKA_EXTRACTABLE=True: it can be wrapped out of the token"),
-    ):
-        per = keys.filter(cond).group_by("source", "func").agg(*_first())
+    for kind, (code, severity, text) in KEY_KINDS.items():
+        per = _of(hits, kind, "source", "func")
         message = pl.format("{} key(s) created by {} " + text + "; first at line {}", "count", "func", "line")
         out.append(_finish(per, severity, code, message, subject=pl.col("func")))
-    bits = pl.col("flags").list.eval(
-        pl.element().filter(pl.element().str.starts_with("pPublicKeyTemplate.CKA_MODULUS_BITS=")).str.extract(r"=(\d+)$").cast(pl.Int64)
-    ).list.first()
-    small = (
-        calls.filter((pl.col("func") == "C_GenerateKeyPair") & (pl.col("rv") == CKR_OK) & pl.col("flags").is_not_null())
-        .with_columns(bits.alias("bits"))
-        .filter(pl.col("bits") < 2048)
-        .group_by("source", "bits")
-        .agg(*_first())
-    )
+    small = _of(hits, "rsa-key-small", "source", "subject").with_columns(pl.col("subject").cast(pl.Int64).alias("bits"))
     severity = pl.when(pl.col("bits") < 1024).then(pl.lit("high")).otherwise(pl.lit("medium"))
     message = pl.format("{} RSA key pair(s) of {} bits generated (under 2048); first at line {}", "count", "bits", "line")
     out.append(_finish(small, severity, "rsa-key-small", message, subject=pl.format("{} bits", "bits")))
     return out
 
 
-def _record_quality(calls: pl.LazyFrame) -> list[pl.LazyFrame]:
-    incomplete = calls.filter(~pl.col("complete")).group_by("source").agg(*_first(), pl.col("func").unique().sort().head(5).str.join(", ").alias("funcs"))
+def _record_quality(hits: pl.LazyFrame) -> list[pl.LazyFrame]:
+    incomplete = _of(hits, "incomplete", "source", funcs=_funcs().head(5).str.join(", "))
     msg_i = pl.format("{} record(s) without Returned: (truncated trace, crash or kill mid-call): {}; first at line {}", "count", "funcs", "line")
-    uncertain = calls.filter(pl.col("uncertain")).group_by("source").agg(*_first())
+    uncertain = _of(hits, "uncertain", "source")
     msg_u = pl.format("{} record(s) whose thread attribution is uncertain (interleaved output); their latency is not estimated; first at line {}", "count", "line")
     return [_finish(incomplete, "info", "incomplete-records", msg_i), _finish(uncertain, "info", "uncertain-records", msg_u)]
 
@@ -294,35 +332,34 @@ def _unparsed(inputs: list[dict] | None) -> pl.LazyFrame:
 
 
 def findings(
-    calls: pl.LazyFrame,
+    hits: pl.LazyFrame,
     *,
-    sessions: pl.LazyFrame | None = None,
+    sessions: pl.LazyFrame,
+    process_counts: pl.LazyFrame,
     inputs: list[dict] | None = None,
     pin_failure_threshold: int = 2,
 ) -> pl.LazyFrame:
     """All findings, most severe first.
 
-    ``sessions``: the sessions stage's output when already computed (else derived here);
-    ``inputs``: ``manifest.json``'s inputs (for unparsed spans); ``pin_failure_threshold``:
-    wrong PINs per process from which ``pin-failures-repeated`` is reported.
+    ``hits``: the combined ``finding_hits`` summary; ``sessions``: the sessions stage's output;
+    ``process_counts``: the combined ``sessions.process_counts`` summary; ``inputs``:
+    ``manifest.json``'s inputs (for unparsed spans); ``pin_failure_threshold``: wrong PINs
+    per process from which ``pin-failures-repeated`` is reported.
     """
-    frame = derive(calls)
-    if sessions is None:
-        sessions = sessions_stage(frame)
     parts = [
-        _secrets(frame),
-        _pin_failures(frame, pin_failure_threshold),
-        _pin_locked(frame),
-        _pin_admin(frame),
+        _secrets(hits),
+        _pin_failures(hits, pin_failure_threshold),
+        _pin_locked(hits),
+        _pin_admin(hits),
         _leaked(sessions),
         _closed_by_finalize(sessions),
-        _login_without_logout(frame),
-        _no_finalize(frame),
-        _weak(frame),
-        *_key_findings(frame),
-        *_record_quality(frame),
+        _login_without_logout(hits),
+        _no_finalize(process_counts),
+        _weak(hits),
+        *_key_findings(hits),
+        *_record_quality(hits),
         _unparsed(inputs),
     ]
     parts = [p.select(COLUMNS) for p in parts]
     rank = pl.col("severity").replace_strict(SEVERITY_ORDER, return_dtype=pl.Int8)
-    return pl.concat(parts, how="vertical").sort([rank, "code", "source", "line"], nulls_last=True)
+    return pl.concat(parts, how="vertical").sort([rank, "code", "source", "line", "subject"], nulls_last=True)  # subject: ties at one line (pOldPin, pNewPin)

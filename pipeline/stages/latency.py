@@ -10,18 +10,23 @@ how many calls it rests.  Over time, calls, errors and p95 per bucket show load 
 The mechanism of a row is the operation's mechanism (``op_mechanism``): C_Sign after
 C_SignInit counts under the Init's mechanism.  Percentiles interpolate linearly between the
 two nearest ranks (as numpy's default and DuckDB's ``quantile_cont``).
+
+How: latencies are whole milliseconds, so the calls reduce, batch by batch, to counts per
+(function, mechanism, error or not, latency) -- a few thousand rows however many calls there
+are -- and every figure, percentiles included, is computed exactly from those counts.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from datetime import timedelta
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
 import polars as pl
 
 from pipeline.errors import P11lensError
-from pipeline.stages.common import derive
+from pipeline.stages.common import Batch, Reduction
 
 QUANTILES = {"p50_ms": 0.50, "p90_ms": 0.90, "p95_ms": 0.95, "p99_ms": 0.99}
 
@@ -33,23 +38,63 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _BUCKET_RE = re.compile(r"\s*(\d+)\s*(s|sec|m|min|h|d|w)?\s*", re.I)
 
 
-def _stats(lat: pl.Expr) -> list[pl.Expr]:
+COUNT_KEYS = ["func", "op_mechanism", "error", "latency_ms"]
+
+
+def _counts(keys: list[str]) -> Reduction:
+    """Calls per ``keys`` (``n``) from each batch's calls with a known latency."""
+    return Reduction(
+        partial=lambda batch: _latency_rows(batch).group_by(keys).agg(pl.len().cast(pl.Int64).alias("n")),
+        combine=lambda counts: counts.group_by(keys).agg(pl.col("n").sum()),
+    )
+
+
+def _latency_rows(batch: Batch) -> pl.LazyFrame:
+    return batch.latency.lazy().with_columns((pl.col("category") == "error").alias("error"))
+
+
+def latency_counts() -> Reduction:
+    """Calls per (function, operation mechanism, error or not, latency ms): the input of
+    ``latency`` and ``mechanisms``."""
+    return _counts(COUNT_KEYS)
+
+
+def quantile(q: float) -> pl.Expr:
+    """Percentile ``q`` of ``latency_ms`` weighted by ``n`` (an aggregation over count rows),
+    exactly as ``quantile(q, "linear")`` over the calls themselves would give it."""
+    known = pl.col("latency_ms").is_not_null()
+    values = pl.col("latency_ms").filter(known).cast(pl.Float64)
+    below = pl.col("n").filter(known).sort_by(values).cum_sum()
+    values = values.sort()
+    rank = (pl.col("n").filter(known).sum() - 1) * q
+    low, high = (values.filter(below > bound).first() for bound in (rank.floor(), rank.ceil()))
+    return low + (high - low) * (rank - rank.floor())
+
+
+def stats() -> list[pl.Expr]:
+    """count, with_latency, mean, percentiles, max and total of ``latency_ms`` weighted by ``n``."""
+    lat, n = pl.col("latency_ms"), pl.col("n")
+    known = lat.is_not_null()
+    with_latency = n.filter(known).sum()
+    total = (lat * n).filter(known).sum()
     return [
-        pl.len().cast(pl.Int64).alias("count"),
-        lat.count().cast(pl.Int64).alias("with_latency"),
-        lat.mean().alias("mean_ms"),
-        *[lat.quantile(q, interpolation="linear").alias(name) for name, q in QUANTILES.items()],
+        n.sum().cast(pl.Int64).alias("count"),
+        with_latency.cast(pl.Int64).alias("with_latency"),
+        pl.when(with_latency > 0).then(total.cast(pl.Float64) / with_latency).alias("mean_ms"),
+        *[quantile(q).alias(name) for name, q in QUANTILES.items()],
         lat.max().cast(pl.Int64).alias("max_ms"),
-        lat.sum().cast(pl.Int64).alias("total_ms"),
+        total.cast(pl.Int64).alias("total_ms"),
     ]
 
 
-def latency(calls: pl.LazyFrame) -> pl.LazyFrame:
-    """One row per function (``mechanism`` null) and one per (function, mechanism) it ran under."""
-    frame = derive(calls).select("func", pl.col("op_mechanism").alias("mechanism"), "latency_ms")
-    lat = pl.col("latency_ms").cast(pl.Float64)
-    per_func = frame.group_by("func").agg(_stats(lat)).with_columns(pl.lit(None, pl.String).alias("mechanism"))
-    per_mech = frame.filter(pl.col("mechanism").is_not_null()).group_by("func", "mechanism").agg(_stats(lat))
+def latency(counts: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per function (``mechanism`` null) and one per (function, mechanism) it ran under.
+
+    ``counts``: the combined ``latency_counts`` summary.
+    """
+    frame = counts.rename({"op_mechanism": "mechanism"})
+    per_func = frame.group_by("func").agg(stats()).with_columns(pl.lit(None, pl.String).alias("mechanism"))
+    per_mech = frame.filter(pl.col("mechanism").is_not_null()).group_by("func", "mechanism").agg(stats())
     columns = ["func", "mechanism", "count", "with_latency", "mean_ms", *QUANTILES, "max_ms", "total_ms"]
     return (
         pl.concat([per_func.select(columns), per_mech.select(columns)])
@@ -76,19 +121,55 @@ def auto_bucket(span: timedelta | None) -> int:
     return math.ceil(seconds / MAX_AUTO_BUCKETS / BUCKET_LADDER[-1]) * BUCKET_LADDER[-1]
 
 
-def latency_over_time(calls: pl.LazyFrame, bucket: str | int | None = None) -> pl.LazyFrame:
-    """Calls, errors and p95 latency per time bucket, empty buckets included (calls = 0).
+@dataclass(frozen=True)
+class TimeAxis:
+    """The buckets of ``latency_over_time``: size in seconds, first and last bucket start
+    (None when no call has a stamp)."""
+
+    step: int
+    first: datetime | None
+    last: datetime | None
+
+    @property
+    def every(self) -> str:
+        return f"{self.step}s"
+
+
+def time_axis(calls: pl.LazyFrame, bucket: str | int | None = None) -> TimeAxis:
+    """The buckets over the calls' stamps (one streaming min/max over ``ts``).
 
     ``bucket``: seconds, or text like ``"1m"``; None sizes it from the trace's time range
     (about 60-200 buckets, rounded to 1s/5s/10s/30s/1m/5m/15m/30m/1h/...).  Timestamps are the
     spy's local wall time; several sources share one axis.
     """
-    frame = derive(calls).filter(pl.col("ts").is_not_null()).select("ts", "category", "latency_ms")
-    lo, hi = frame.select(pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi")).collect().row(0)
+    lo, hi = calls.select(pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi")).collect(engine="streaming").row(0)
     if bucket is None:
         step = auto_bucket(None if lo is None else hi - lo)
     else:
         step = bucket if isinstance(bucket, int) else parse_bucket(bucket)
+    if lo is None:
+        return TimeAxis(step, None, None)
+    first, last = (pl.select(pl.lit(v, pl.Datetime("ms")).dt.truncate(f"{step}s")).item() for v in (lo, hi))
+    if (last - first).total_seconds() / step + 1 > MAX_BUCKETS:
+        raise P11lensError(f"--bucket {step}s makes more than {MAX_BUCKETS:,} buckets over {hi - lo}; use a larger one")
+    return TimeAxis(step, first, last)
+
+
+def bucket_counts(axis: TimeAxis) -> Reduction:
+    """Calls per (bucket, error or not, latency ms): the input of ``latency_over_time``."""
+    bucket = pl.col("ts").dt.truncate(axis.every).alias("bucket_start")
+    keys = ["bucket_start", "error", "latency_ms"]
+    return Reduction(
+        partial=lambda batch: _latency_rows(batch).filter(pl.col("ts").is_not_null()).group_by(bucket, "error", "latency_ms").agg(pl.len().cast(pl.Int64).alias("n")),
+        combine=lambda counts: counts.group_by(keys).agg(pl.col("n").sum()),
+    )
+
+
+def latency_over_time(counts: pl.LazyFrame, axis: TimeAxis) -> pl.LazyFrame:
+    """Calls, errors and p95 latency per time bucket, empty buckets included (calls = 0).
+
+    ``counts``: the combined ``bucket_counts(axis)`` summary.
+    """
     schema = {
         "bucket_start": pl.Datetime("ms"),
         "bucket_seconds": pl.Int64,
@@ -96,28 +177,21 @@ def latency_over_time(calls: pl.LazyFrame, bucket: str | int | None = None) -> p
         "errors": pl.Int64,
         "p95_ms": pl.Float64,
     }
-    if lo is None:
+    if axis.first is None:
         return pl.LazyFrame(schema=schema)
-    every = f"{step}s"
-    first, last = (pl.select(pl.lit(v, pl.Datetime("ms")).dt.truncate(every)).item() for v in (lo, hi))
-    if (last - first).total_seconds() / step + 1 > MAX_BUCKETS:
-        raise P11lensError(f"--bucket {step}s makes more than {MAX_BUCKETS:,} buckets over {hi - lo}; use a larger one")
-    counts = (
-        frame.group_by(pl.col("ts").dt.truncate(every).alias("bucket_start"))
-        .agg(
-            pl.len().cast(pl.Int64).alias("calls"),
-            (pl.col("category") == "error").sum().cast(pl.Int64).alias("errors"),
-            pl.col("latency_ms").cast(pl.Float64).quantile(0.95, interpolation="linear").alias("p95_ms"),
-        )
+    per_bucket = counts.group_by("bucket_start").agg(
+        pl.col("n").sum().cast(pl.Int64).alias("calls"),
+        pl.col("n").filter(pl.col("error")).sum().cast(pl.Int64).alias("errors"),
+        quantile(0.95).alias("p95_ms"),
     )
-    axis = pl.LazyFrame(
-        {"bucket_start": pl.datetime_range(first, last, timedelta(seconds=step), time_unit="ms", eager=True)}
+    buckets = pl.LazyFrame(
+        {"bucket_start": pl.datetime_range(axis.first, axis.last, timedelta(seconds=axis.step), time_unit="ms", eager=True)}
     )
     return (
-        axis.join(counts, on="bucket_start", how="left")
+        buckets.join(per_bucket, on="bucket_start", how="left")
         .select(
             "bucket_start",
-            pl.lit(step, pl.Int64).alias("bucket_seconds"),
+            pl.lit(axis.step, pl.Int64).alias("bucket_seconds"),
             pl.col("calls").fill_null(0),
             pl.col("errors").fill_null(0),
             "p95_ms",

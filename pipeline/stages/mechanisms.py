@@ -9,13 +9,17 @@ attributed to the mechanism of the latest C_SignInit on its session (``op_mechan
 ``weakness`` / ``weakness_severity`` (added columns) say why a mechanism is deprecated or
 weak *for that family*: RSA PKCS#1 v1.5 is fine for signatures but not for encryption;
 SHA-1 matters for signatures, not for HMAC.
+
+How: from the latency stage's counts per (function, mechanism, error or not, latency), so the
+two agree and no per-call data is held.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from pipeline.stages.common import derive
+from pipeline.stages.common import family_expr
+from pipeline.stages.latency import quantile
 
 COLUMNS = ["mechanism", "family", "calls", "errors", "with_latency", "p50_ms", "p95_ms", "weakness", "weakness_severity"]
 
@@ -63,25 +67,26 @@ def weakness_table(pairs: pl.DataFrame) -> pl.DataFrame:
 
 
 def mechanism_uses(calls: pl.LazyFrame) -> pl.LazyFrame:
-    """Calls that use a mechanism, with ``mechanism`` = the operation's and ``family`` ('other' if none)."""
+    """Calls (derived, or counts of them) that use a mechanism, with ``mechanism`` = the
+    operation's and ``family`` ('other' if none)."""
     return (
-        derive(calls)
-        .filter(pl.col("op_mechanism").is_not_null() & (pl.col("func") != "C_GetMechanismInfo"))
-        .with_columns(pl.col("op_mechanism").alias("mechanism"), pl.col("family").fill_null("other"))
+        calls.filter(pl.col("op_mechanism").is_not_null() & (pl.col("func") != "C_GetMechanismInfo"))
+        .with_columns(pl.col("op_mechanism").alias("mechanism"), family_expr().fill_null("other").alias("family"))
     )
 
 
-def mechanisms(calls: pl.LazyFrame) -> pl.LazyFrame:
-    lat = pl.col("latency_ms").cast(pl.Float64)
+def mechanisms(counts: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per (mechanism, family); ``counts``: the combined ``latency.latency_counts`` summary."""
+    n = pl.col("n")
     per = (
-        mechanism_uses(calls)
+        mechanism_uses(counts)
         .group_by("mechanism", "family")
         .agg(
-            pl.len().cast(pl.Int64).alias("calls"),
-            (pl.col("category") == "error").sum().cast(pl.Int64).alias("errors"),
-            lat.count().cast(pl.Int64).alias("with_latency"),
-            lat.quantile(0.5, interpolation="linear").alias("p50_ms"),
-            lat.quantile(0.95, interpolation="linear").alias("p95_ms"),
+            n.sum().cast(pl.Int64).alias("calls"),
+            n.filter(pl.col("error")).sum().cast(pl.Int64).alias("errors"),
+            n.filter(pl.col("latency_ms").is_not_null()).sum().cast(pl.Int64).alias("with_latency"),
+            quantile(0.5).alias("p50_ms"),
+            quantile(0.95).alias("p95_ms"),
         )
         .collect()
     )

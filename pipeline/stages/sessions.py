@@ -17,13 +17,18 @@ and it is ``leaked``.
 ``operations`` counts logical operations: an Init and its Update/Final/one-shot calls (and
 C_FindObjectsInit with its C_FindObjects/C_FindObjectsFinal) count once; C_OpenSession and
 C_CloseSession do not count.  ``logged_in``: a successful C_Login/C_LoginUser was made on it.
+
+How: the pass over the calls numbers each handle's lives (``life``, carried across batches);
+each batch reduces to one row per life it touches (``life_parts``) and keeps the few calls that
+end sessions in bulk (``ends``: successful C_CloseAllSessions, C_Finalize).  Rows of one life
+from several batches combine in batch order, which is entry order (first close, last login).
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from pipeline.stages.common import CKR_OK, CONTINUATION_FUNCS, PROCESS_KEYS, derive, restore_pid
+from pipeline.stages.common import CONTINUATION_FUNCS, LOGIN, OK, PROCESS_KEYS, Reduction, restore_pid
 
 SESSION_COLUMNS = [
     "source", "process", "pid", "session", "slot", "rw", "opened_ts", "closed_ts", "duration_ms", "ended_by",
@@ -34,8 +39,7 @@ PROCESS_COLUMNS = [
     "logins_without_logout", "login_failures", "finalized", "calls", "first_ts", "last_ts",
 ]
 
-_OK = pl.col("rv") == CKR_OK
-_LOGIN = pl.col("func").is_in(["C_Login", "C_LoginUser"])
+LIFE_KEYS = [*PROCESS_KEYS, "session", "life"]
 
 
 def _rw() -> pl.Expr:
@@ -49,46 +53,73 @@ def _rw() -> pl.Expr:
     )
 
 
-def session_lives(frame: pl.LazyFrame) -> pl.LazyFrame:
-    """Every session life with its open, close and end (keys use ``pid_k``)."""
-    opened = (pl.col("func") == "C_OpenSession") & _OK
-    handle_keys = [*PROCESS_KEYS, "session"]
-    on_handle = (
-        frame.filter(pl.col("session").is_not_null())
-        .sort("pos")
-        .with_columns(opened.alias("is_open"))
-        .with_columns(pl.col("is_open").cum_sum().over(handle_keys).alias("life"))
+def life_parts() -> Reduction:
+    """Per session life (``LIFE_KEYS``): where it starts, its open, its first close, its calls."""
+    is_open = (pl.col("func") == "C_OpenSession") & OK
+    closed_here = (pl.col("func") == "C_CloseSession") & OK
+    at_open = lambda expr: expr.filter(is_open).first()  # noqa: E731 -- one open per life, at its start
+    at_close = lambda expr: expr.filter(closed_here).first()  # noqa: E731
+    partial = lambda batch: (  # noqa: E731
+        batch.calls.lazy()
+        .filter(pl.col("session").is_not_null())
+        .group_by(LIFE_KEYS)
+        .agg(
+            pl.col("pos").min().alias("start_pos"),
+            at_open(pl.col("slot")).alias("slot"),
+            at_open(_rw()).alias("rw"),
+            at_open(pl.col("ts")).alias("opened_ts"),
+            at_open(pl.col("line")).alias("open_line"),
+            at_close(pl.col("pos")).alias("close_pos"),
+            at_close(pl.col("ts")).alias("close_ts"),
+            at_close(pl.col("line")).alias("close_line"),
+            pl.len().cast(pl.Int64).alias("calls"),
+            (pl.col("category") == "error").sum().cast(pl.Int64).alias("errors"),
+            (LOGIN & OK).any().alias("logged_in"),
+            pl.col("user_type").filter(LOGIN & OK).last().alias("user_type"),
+            (~pl.col("func").is_in([*CONTINUATION_FUNCS, "C_OpenSession", "C_CloseSession"])).sum().cast(pl.Int64).alias("operations"),
+        )
     )
-    closed_here = (pl.col("func") == "C_CloseSession") & _OK
-    lives = on_handle.group_by([*handle_keys, "life"]).agg(
-        pl.col("pos").min().alias("start_pos"),
-        pl.col("slot").filter(pl.col("is_open")).first().alias("slot"),
-        _rw().filter(pl.col("is_open")).first().alias("rw"),
-        pl.col("ts").filter(pl.col("is_open")).first().alias("opened_ts"),
-        pl.col("line").filter(pl.col("is_open")).first().alias("open_line"),
-        pl.col("pos").filter(closed_here).first().alias("close_pos"),
-        pl.col("ts").filter(closed_here).first().alias("close_ts"),
-        pl.col("line").filter(closed_here).first().alias("close_line"),
-        pl.len().cast(pl.Int64).alias("calls"),
-        (pl.col("category") == "error").sum().cast(pl.Int64).alias("errors"),
-        (_LOGIN & _OK).any().alias("logged_in"),
-        pl.col("user_type").filter(_LOGIN & _OK).last().alias("user_type"),
-        (~pl.col("func").is_in([*CONTINUATION_FUNCS, "C_OpenSession", "C_CloseSession"])).sum().cast(pl.Int64).alias("operations"),
+    closed = pl.col("close_pos").is_not_null()
+    combine = lambda parts: parts.group_by(LIFE_KEYS).agg(  # noqa: E731 -- parts in batch order
+        pl.col("start_pos").min(),
+        *(pl.col(name).drop_nulls().first() for name in ("slot", "rw", "opened_ts", "open_line")),
+        *(pl.col(name).filter(closed).first() for name in ("close_pos", "close_ts", "close_line")),
+        *(pl.col(name).sum() for name in ("calls", "errors")),
+        pl.col("logged_in").any(),
+        pl.col("user_type").filter(pl.col("logged_in")).last(),
+        pl.col("operations").sum(),
     )
+    return Reduction(partial, combine)
+
+
+def ends() -> Reduction:
+    """The calls that end sessions in bulk: successful C_CloseAllSessions (of a slot) and C_Finalize."""
+    return Reduction(
+        partial=lambda batch: batch.calls.lazy()
+        .filter(OK & (((pl.col("func") == "C_CloseAllSessions") & pl.col("slot").is_not_null()) | (pl.col("func") == "C_Finalize")))
+        .select(*PROCESS_KEYS, "func", "slot", "pos", "ts", "line"),
+        combine=lambda parts: parts,
+    )
+
+
+def session_lives(parts: pl.LazyFrame, ends: pl.LazyFrame) -> pl.LazyFrame:
+    """Every session life with its open, close and end (keys use ``pid_k``), from the combined
+    ``life_parts`` and ``ends`` summaries."""
     close_all = (
-        frame.filter((pl.col("func") == "C_CloseAllSessions") & _OK & pl.col("slot").is_not_null())
-        .select(*PROCESS_KEYS, "slot", pl.col("pos").alias("cas_pos"), pl.col("ts").alias("cas_ts"), pl.col("line").alias("cas_line"))
+        ends.filter(pl.col("func") == "C_CloseAllSessions")
+        .select(*PROCESS_KEYS, pl.col("slot").alias("slot_k"), pl.col("pos").alias("cas_pos"), pl.col("ts").alias("cas_ts"), pl.col("line").alias("cas_line"))
         .sort("cas_pos")
     )
     finalize = (
-        frame.filter((pl.col("func") == "C_Finalize") & _OK)
+        ends.filter(pl.col("func") == "C_Finalize")
         .select(*PROCESS_KEYS, pl.col("pos").alias("fin_pos"), pl.col("ts").alias("fin_ts"), pl.col("line").alias("fin_line"))
         .sort("fin_pos")
     )
+    lives = parts
     lives = (
         lives.with_columns(pl.col("slot").fill_null(-1).alias("slot_k"))
         .sort("start_pos")
-        .join_asof(close_all.rename({"slot": "slot_k"}), left_on="start_pos", right_on="cas_pos", by=[*PROCESS_KEYS, "slot_k"], strategy="forward", check_sortedness=False)
+        .join_asof(close_all, left_on="start_pos", right_on="cas_pos", by=[*PROCESS_KEYS, "slot_k"], strategy="forward", check_sortedness=False)
         .join_asof(finalize, left_on="start_pos", right_on="fin_pos", by=PROCESS_KEYS, strategy="forward", check_sortedness=False)
     )
     big = pl.lit(2**62, pl.Int64)
@@ -112,34 +143,56 @@ def session_lives(frame: pl.LazyFrame) -> pl.LazyFrame:
     ).with_columns((pl.col("closed_ts") - pl.col("opened_ts")).dt.total_milliseconds().alias("duration_ms"))
 
 
-def sessions(calls: pl.LazyFrame, lives: pl.LazyFrame | None = None) -> pl.LazyFrame:
-    """One row per session life (see the module docstring).
-
-    ``lives``: ``session_lives(calls)`` when already computed (``analyze`` shares it).
-    """
-    table = lives if lives is not None else session_lives(derive(calls))
-    return restore_pid(table).select(SESSION_COLUMNS).sort(["source", "process", "pid", "open_line"], nulls_last=True)
+def sessions(lives: pl.LazyFrame) -> pl.LazyFrame:
+    """One row per session life (see the module docstring); ``lives``: ``session_lives(...)``."""
+    return restore_pid(lives).select(SESSION_COLUMNS).sort(["source", "process", "pid", "open_line"], nulls_last=True)
 
 
-def processes(calls: pl.LazyFrame, lives: pl.LazyFrame | None = None) -> pl.LazyFrame:
+def process_counts() -> Reduction:
+    """Per process: logins, logouts, failed logins, finalized or not, calls, first and last
+    stamp, last line (the ``no-finalize`` finding points at it)."""
+    return Reduction(
+        partial=lambda batch: batch.calls.lazy().group_by(PROCESS_KEYS).agg(
+            (LOGIN & OK).sum().cast(pl.Int64).alias("logins"),
+            ((pl.col("func") == "C_Logout") & OK).sum().cast(pl.Int64).alias("logouts"),
+            (LOGIN & (pl.col("category") == "error")).sum().cast(pl.Int64).alias("login_failures"),
+            ((pl.col("func") == "C_Finalize") & OK).any().alias("finalized"),
+            pl.len().cast(pl.Int64).alias("calls"),
+            pl.col("ts").min().alias("first_ts"),
+            pl.col("ts").max().alias("last_ts"),
+            pl.col("line").max().alias("last_line"),
+        ),
+        combine=lambda parts: parts.group_by(PROCESS_KEYS).agg(
+            *(pl.col(name).sum() for name in ("logins", "logouts", "login_failures")),
+            pl.col("finalized").any(),
+            pl.col("calls").sum(),
+            pl.col("first_ts").min(),
+            pl.col("last_ts").max(),
+            pl.col("last_line").max(),
+        ),
+    )
+
+
+def processes(counts: pl.LazyFrame, lives: pl.LazyFrame, without_logout: pl.LazyFrame) -> pl.LazyFrame:
     """One row per traced process: sessions, peak concurrency, logins and logouts, finalization.
 
+    ``counts``: the combined ``process_counts`` summary; ``lives``: ``session_lives(...)``;
+    ``without_logout``: ``logins_without_logout`` per process (``PROCESS_KEYS``), from the
+    logins of the pass (``Batch.logins``) whose next login or logout is not a C_Logout.
     ``max_concurrent_sessions`` sweeps opens (+1) and ends (-1) in entry order.
     ``logins_without_logout``: successful logins not followed by a successful C_Logout before
     the process's next successful login or its end (a C_Finalize or closing the last session
     also ends a login, but the application did not log out, so they still count).
     """
-    frame = derive(calls)
-    table = lives if lives is not None else session_lives(frame)
-    per_session = table.group_by(PROCESS_KEYS).agg(
+    per_session = lives.group_by(PROCESS_KEYS).agg(
         pl.len().cast(pl.Int64).alias("sessions"),
         pl.col("leaked").sum().cast(pl.Int64).alias("leaked_sessions"),
     )
     sweep = (
         pl.concat(
             [
-                table.select(*PROCESS_KEYS, pl.col("start_pos").alias("at"), pl.lit(1, pl.Int64).alias("delta")),
-                table.filter(pl.col("end_pos").is_not_null()).select(*PROCESS_KEYS, pl.col("end_pos").alias("at"), pl.lit(-1, pl.Int64).alias("delta")),
+                lives.select(*PROCESS_KEYS, pl.col("start_pos").alias("at"), pl.lit(1, pl.Int64).alias("delta")),
+                lives.filter(pl.col("end_pos").is_not_null()).select(*PROCESS_KEYS, pl.col("end_pos").alias("at"), pl.lit(-1, pl.Int64).alias("delta")),
             ]
         )
         .sort([*PROCESS_KEYS, "at", "delta"])
@@ -147,29 +200,10 @@ def processes(calls: pl.LazyFrame, lives: pl.LazyFrame | None = None) -> pl.Lazy
         .group_by(PROCESS_KEYS)
         .agg(pl.col("open_now").max().cast(pl.Int64).alias("max_concurrent_sessions"))
     )
-    auth = (
-        frame.filter(((_LOGIN) | (pl.col("func") == "C_Logout")) & _OK)
-        .select(*PROCESS_KEYS, "pos", "func")
-        .sort([*PROCESS_KEYS, "pos"])
-        .with_columns(pl.col("func").shift(-1).over(PROCESS_KEYS).alias("next_func"))
-        .group_by(PROCESS_KEYS)
-        .agg(
-            (_LOGIN & (pl.col("next_func").is_null() | (pl.col("next_func") != "C_Logout"))).sum().cast(pl.Int64).alias("logins_without_logout")
-        )
-    )
-    base = frame.group_by(PROCESS_KEYS).agg(
-        (_LOGIN & _OK).sum().cast(pl.Int64).alias("logins"),
-        ((pl.col("func") == "C_Logout") & _OK).sum().cast(pl.Int64).alias("logouts"),
-        (_LOGIN & (pl.col("category") == "error")).sum().cast(pl.Int64).alias("login_failures"),
-        ((pl.col("func") == "C_Finalize") & _OK).any().alias("finalized"),
-        pl.len().cast(pl.Int64).alias("calls"),
-        pl.col("ts").min().alias("first_ts"),
-        pl.col("ts").max().alias("last_ts"),
-    )
     out = (
-        base.join(per_session, on=PROCESS_KEYS, how="left", nulls_equal=True)
+        counts.join(per_session, on=PROCESS_KEYS, how="left", nulls_equal=True)
         .join(sweep, on=PROCESS_KEYS, how="left", nulls_equal=True)
-        .join(auth, on=PROCESS_KEYS, how="left", nulls_equal=True)
+        .join(without_logout, on=PROCESS_KEYS, how="left", nulls_equal=True)
         .with_columns(
             pl.col("sessions").fill_null(0),
             pl.col("leaked_sessions").fill_null(0),
