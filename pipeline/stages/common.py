@@ -187,8 +187,9 @@ def derive_batches(calls: pl.LazyFrame, batch_rows: int = BATCH_ROWS) -> Iterato
         batch = frame.head(0).collect() if chunk is None else frame.filter(
             (pl.col("source") == chunk[0]) & pl.col("line").is_between(chunk[1], chunk[2], closed="left")
         ).collect().sort("line")
-        chunk = next(ranges, None)
-        yield state.step(batch, offset, last=chunk is None)
+        source, chunk = chunk and chunk[0], next(ranges, None)
+        # A source's batches are consecutive: after its last one, what is carried is final.
+        yield state.step(batch, offset, last=chunk is None or chunk[0] != source)
         offset += batch.height
         if chunk is None:
             return
@@ -219,29 +220,22 @@ class _Carry:
     next entry and the logins still waiting for their process's next login or logout."""
 
     def __init__(self) -> None:
-        self.sources: dict[str, int] = {}
         self.opens = pl.DataFrame(schema={"src": pl.Int64, "process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "_opens": pl.UInt32})
         self.inits = pl.DataFrame(schema={"src": pl.Int64, "process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "family": pl.String, "_init_before": pl.String})
         self.waiting: pl.DataFrame | None = None  # latency candidates
         self.logins: pl.DataFrame | None = None
 
-    def _src(self, sources: pl.Series) -> pl.Expr:
-        for name in sources.unique(maintain_order=True):
-            self.sources.setdefault(name, len(self.sources))
-        if not self.sources:  # no calls at all (replace_strict with an empty mapping keeps the str type)
-            return pl.lit(None, pl.Int64)
-        return pl.col("source").replace_strict(self.sources, return_dtype=pl.Int64)
-
     def step(self, raw: pl.DataFrame, offset: int, last: bool) -> Batch:
+        """Derive one batch (``offset``: its first ``pos``; ``last``: the last batch of its source)."""
         frame = raw.with_columns(
-            self._src(raw["source"]).alias("src"),
+            pl.col("source").cast(pl.Categorical),  # cheap group keys; ``strings`` undoes it
+            pl.col("func").cast(pl.Categorical),
             pl.col("pid").fill_null(-1).alias("pid_k"),
             pl.col("tid").fill_null(-1).alias("tid_k"),
-            pl.col("func").cast(pl.String),
             (pl.int_range(pl.len(), dtype=pl.Int64) + offset).alias("pos"),
-            category_expr().alias("category"),
+            category_expr().cast(pl.Enum(CATEGORIES)).alias("category"),
             family_expr().alias("family"),
-        ).drop("pid", "tid")
+        ).drop("pid", "tid").with_columns(pl.col("source").to_physical().cast(pl.Int64).alias("src"))
         # The session life: opens of the handle so far (this batch's cumulative count on top of the carried one).
         is_open = (pl.col("func") == "C_OpenSession") & OK
         frame = frame.with_columns(is_open.cum_sum().over(_HANDLE).alias("_opens_here"))
@@ -258,8 +252,12 @@ class _Carry:
             .then(pl.coalesce("_init_here", "_init_before"))
             .alias("op_mechanism")
         )
-        self.opens = _latest(self.opens, frame.filter(pl.col("session").is_not_null()).select(*_HANDLE, pl.col("life").alias("_opens")), _HANDLE)
-        self.inits = _latest(self.inits, frame.filter(pl.col("_init").is_not_null()).select(*_OPERATION, pl.col("_init").alias("_init_before")), _OPERATION)
+        if last:  # the end of a source: nothing is carried into the next one
+            self.opens, self.inits = self.opens.clear(), self.inits.clear()
+        else:
+            opened = frame.filter(is_open & pl.col("session").is_not_null())  # only an open changes a handle's count
+            self.opens = _latest(self.opens, opened.select(*_HANDLE, pl.col("life").alias("_opens")), _HANDLE)
+            self.inits = _latest(self.inits, frame.filter(pl.col("_init").is_not_null()).select(*_OPERATION, pl.col("_init").alias("_init_before")), _OPERATION)
         frame = frame.drop("_opens_here", "_opens", "_init", "_init_here", "_init_before")
         latency, self.waiting = _next_known(
             self.waiting, frame.select(_LATENCY_COLUMNS), _THREAD, pl.col("ts").shift(-1).backward_fill(), last
@@ -308,7 +306,12 @@ def derive(calls: pl.LazyFrame, batch_rows: int = BATCH_ROWS) -> pl.LazyFrame:
     """
     batches = list(derive_batches(calls, batch_rows))
     latency = pl.concat([b.latency.select("pos", "latency_ms") for b in batches])
-    return pl.concat([b.calls for b in batches]).join(latency, on="pos", how="left", maintain_order="left").lazy()
+    return strings(pl.concat([b.calls for b in batches]).join(latency, on="pos", how="left", maintain_order="left")).lazy()
+
+
+def strings(frame: pl.DataFrame) -> pl.DataFrame:
+    """Categorical and enum columns (the batches' cheap keys) back to the plain strings of the outputs."""
+    return frame.with_columns(pl.col(pl.Categorical, pl.Enum).cast(pl.String))
 
 
 @dataclass(frozen=True)
@@ -337,7 +340,7 @@ def reduce_calls(calls: pl.LazyFrame, reductions: dict[str, Reduction], batch_ro
             held[name].append(part)
             if len(held[name]) >= COMPACT_EVERY:
                 held[name] = [combined(name)]
-    return {name: combined(name) for name in reductions}
+    return {name: strings(combined(name)) for name in reductions}
 
 
 def restore_pid(frame: pl.LazyFrame) -> pl.LazyFrame:

@@ -136,7 +136,7 @@ def _hit_rows(batch: Batch) -> list[pl.LazyFrame]:
         .filter(pl.col("secret").is_in(list(SECRET_CODES)))
     )
     logins = batch.logins.lazy().filter(~pl.col("logged_out"))
-    keys = _key_templates(calls.filter(pl.col("func").is_in(KEY_CREATING)))
+    keys = _key_templates(calls.filter(pl.col("func").is_in(KEY_CREATING))).collect().lazy()  # used twice: computed once
     has = lambda text: pl.col("key").list.contains(text)  # noqa: E731
     key_kind = (
         pl.when(has("CKA_SENSITIVE=False")).then(pl.lit("key-sensitive-false"))
