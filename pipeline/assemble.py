@@ -144,6 +144,7 @@ class Assembler:
         self._open: list[_Open] = []
         self._held: list[_Open] = []  # closed, but a call they overlapped may still claim their Returned
         self._headers = 0
+        self._activity = -ACTIVE_HEADERS - 1  # header count when an open record last received a unit
 
     # --- feeding ---
 
@@ -244,7 +245,7 @@ class Assembler:
         if self._open:
             record = self._open[-1]
             record.body.append(text[start : end - 1])
-            record.active_at = self._headers
+            record.active_at = self._activity = self._headers
             record.end_line = last
             coverage.record_lines += owned
         elif owned:
@@ -308,13 +309,14 @@ class Assembler:
         else:
             record = self._open[-1]
             record.body.append(unit)
-        record.active_at = self._headers
+        record.active_at = self._activity = self._headers
         record.end_line = line
         return True
 
     def _open_record(self, seq: int, func: str, line: int) -> None:
         self._headers += 1
         record = _Open(seq, func, line, self.tracker.header(seq), self._headers, end_line=line)
+        self._activity = self._headers
         for other in self._active():
             other.overlaps.append(record)
             record.overlaps.append(other)
@@ -323,6 +325,8 @@ class Assembler:
             self._close(self._open[0])
 
     def _active(self) -> list[_Open]:
+        if self._headers - self._activity > ACTIVE_HEADERS:
+            return []  # no open record received anything lately (the common case: skip the scan)
         return [r for r in self._open if self._headers - r.active_at <= ACTIVE_HEADERS]
 
     def _thread_moved_on(self, current: _Open) -> None:

@@ -12,6 +12,7 @@ import gc
 import json
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -24,7 +25,7 @@ from pipeline.records import CALLS_SCHEMA, RAW_SCHEMA, RawCall
 
 COMPRESSION = "zstd"
 TS_FORMAT = "%Y-%m-%d %H:%M:%S%.3f"
-BATCH_ROWS = 16_384  # rows per Parquet row group: big enough to compress well, small enough to bound memory
+BATCH_ROWS = 8_192  # rows per Parquet row group: big enough to compress well, small enough to bound memory (two batches of bodies are held)
 
 
 def ensure_dir(path: Path) -> Path:
@@ -79,13 +80,16 @@ def collection_per_batch() -> Iterator[None]:
 
     Tens of thousands of live record tuples make automatic collection scan them over and
     over (measured: 10x slower batch building); the assembler breaks its own reference
-    cycles, and one explicit collection per batch bounds anything else.
+    cycles, and one explicit collection per batch bounds anything else.  The objects alive
+    before the parse (imported modules) are frozen out of those collections.
     """
     enabled = gc.isenabled()
     gc.disable()
+    gc.freeze()
     try:
         yield
     finally:
+        gc.unfreeze()
         if enabled:
             gc.enable()
 
@@ -104,7 +108,13 @@ def records_frame(rows: list[RawCall]) -> pl.DataFrame:
 
 
 class CallsWriter:
-    """Collects call records and appends them to ``calls.parquet`` in bounded batches."""
+    """Collects call records and appends them to ``calls.parquet`` in bounded batches.
+
+    A full batch is converted and written on a background thread while the parser goes on
+    with the next one: the conversion (field extraction, Parquet encoding) is Polars' and
+    Arrow's Rust/C++ work, which runs without the GIL.  At most one batch is in flight, so
+    memory stays at about two batches.
+    """
 
     def __init__(self, path: Path, batch_rows: int | None = None) -> None:
         self.path = path
@@ -112,23 +122,43 @@ class CallsWriter:
         self.batch_rows = batch_rows or BATCH_ROWS
         self.written = 0
         self.parquet = pq.ParquetWriter(path, CALLS_SCHEMA, compression=COMPRESSION)
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calls-writer")
+        self._in_flight: Future | None = None
 
     def flush_if_full(self) -> None:
         if len(self.rows) >= self.batch_rows:
-            self.flush()
+            self._hand_off()
 
     def flush(self) -> None:
-        if not self.rows:
-            return
-        table = records_frame(self.rows).to_arrow(compat_level=pl.CompatLevel.oldest()).cast(CALLS_SCHEMA)
-        self.parquet.write_table(table)
-        self.written += len(self.rows)
-        self.rows.clear()  # the same list: producers hold its bound ``append``
-        gc.collect()  # the parse runs with automatic collection paused (`collection_per_batch`)
+        """Write every row collected so far (returns once they are in the file)."""
+        if self.rows:
+            self._hand_off()
+        self._wait()
 
     def close(self) -> None:
-        self.flush()
-        self.parquet.close()
+        try:
+            self.flush()
+        finally:
+            self._thread.shutdown()
+            self.parquet.close()
+
+    def _hand_off(self) -> None:
+        batch = self.rows[:]
+        self.rows.clear()  # the same list: producers hold its bound ``append``
+        self._wait()
+        gc.collect()  # the parse runs with automatic collection paused (`collection_per_batch`)
+        self._in_flight = self._thread.submit(self._write, batch)
+        self.written += len(batch)
+
+    def _write(self, batch: list[RawCall]) -> None:
+        table = records_frame(batch).to_arrow(compat_level=pl.CompatLevel.oldest()).cast(CALLS_SCHEMA)
+        self.parquet.write_table(table)
+
+    def _wait(self) -> None:
+        """Wait for the batch in flight; its error, if any, is raised here."""
+        if self._in_flight is not None:
+            done, self._in_flight = self._in_flight, None
+            done.result()
 
 
 def write_frame(frame: pl.LazyFrame | pl.DataFrame, path: Path) -> int:
