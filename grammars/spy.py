@@ -56,6 +56,9 @@ measured ~60x slower (``performance-notes.md``).
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from typing import NamedTuple
+
 import pyparsing as pp
 
 # --- token patterns (one source of truth for the scanner, the validator and the classifier) ---
@@ -91,11 +94,12 @@ _BODY_START = "(?:" + "|".join(BODY_STARTS) + ")"
 # A body line that holds nothing of another call: no ``Returned:`` and no timestamp glued to it.
 BODY_LINE = _BODY_START + r"[^\nR]*(?:R(?!eturned:)[^\nR]*)*(?<!:\d\d\.\d{3})\n"
 # In a record the same two checks are left to `is_clean_body`, once per body (3x faster).
-RECORD_PATTERN = r"\n" + HEADER + r"\n" + TS + r"(\n(?:" + _BODY_START + r"[^\n]*\n)*)" + RETURNED + r"(?:\n|\Z)"
+RECORD_PATTERN = r"\n" + HEADER + r"\n" + TS + r"\n(?:" + _BODY_START + r"[^\n]*\n)*" + RETURNED + r"(?:\n|\Z)"
+RECORDS_PATTERN = r"(?P<records>(?:" + re.sub(r"(?<!\\)\((?!\?)", "(?:", RECORD_PATTERN) + r")+)"
 BODY_RUN_PATTERN = r"(?P<run>(?:" + BODY_LINE + r")+)"
 LINE_PATTERN = r"[^\n]*\n|[^\n]+\Z"
-TOKEN_RE = re.compile(RECORD_PATTERN + "|" + BODY_RUN_PATTERN + "|" + LINE_PATTERN)
-"""A record (groups 1-8 set), else a run of body lines (group ``run``), else one line."""
+TOKEN_RE = re.compile(RECORDS_PATTERN + "|" + BODY_RUN_PATTERN + "|" + LINE_PATTERN)
+"""Consecutive records (``records``), else a run of body lines (``run``), else one line."""
 SLOW_TOKEN_RE = re.compile(BODY_RUN_PATTERN + "|" + LINE_PATTERN)
 """The tokens of a record's text that cannot be kept whole."""
 
@@ -107,18 +111,61 @@ def is_clean_body(body: str) -> bool:
     return "Returned:" not in body and _GLUED_TS_RE.search(body) is None
 
 
+def split_records(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """Start and end of each record of a ``records`` token ``text[start:end]``.
+
+    Each record starts with its blank line, and no line inside a record is empty, so an
+    empty line is where the next one starts.
+    """
+    while start < end:
+        stop = text.find("\n\n", start + 1, end)
+        stop = end if stop < 0 else stop + 1
+        yield start, stop
+        start = stop
+
+
+class RecordParts(NamedTuple):
+    seq: int
+    func: str
+    pid: int | None
+    tid: int | None
+    ts: str
+    body: str  # from the newline that ends the timestamp line to the one before ``Returned:``
+    rv: int
+    rv_name: str
+
+
+def record_parts(record: str) -> RecordParts:
+    """The parts of one record of a ``records`` token, cut where ``RECORD_PATTERN`` put them.
+
+    ``record`` = NL header NL timestamp NL { body-line } returned [ NL ]: string cuts at
+    those newlines replace a second regex pass (the scanner has already checked the shape).
+    """
+    header_end = record.index("\n", 1)
+    seq, func = record[1:header_end].split(": ", 1)
+    stamp_end = record.index("\n", header_end + 1)
+    stamp = record[header_end + 1 : stamp_end]
+    pid = tid = None
+    if stamp[0] == "P":  # P:<pid>; T:[0x]<tid> <date> <time>
+        pid_part, tid_part, stamp = stamp.split(" ", 2)
+        pid, tid = int(pid_part[2:-1]), int(tid_part[4:] if tid_part[2:4] == "0x" else tid_part[2:])
+    returned = record.rindex("\nReturned:  ")
+    rv, rv_name = record[returned + 12 :].split()
+    return RecordParts(int(seq), func, pid, tid, stamp, record[stamp_end : returned + 1], int(rv), rv_name)
+
+
 # --- pyparsing elements ---
 
-SCANNER = pp.Regex(TOKEN_RE, as_match=True).set_name("record | body-run | line").leave_whitespace().parse_with_tabs()
-"""One pyparsing element call per token: ``record | body-run | line`` is a single regex alternation."""
+SCANNER = pp.Regex(TOKEN_RE, as_match=True).set_name("records | body-run | line").leave_whitespace().parse_with_tabs()
+"""One pyparsing element call per token: ``records | body-run | line`` is a single regex alternation."""
 SLOW_SCANNER = pp.Regex(SLOW_TOKEN_RE, as_match=True).set_name("body-run | line").leave_whitespace().parse_with_tabs()
 
 
 def scan(text: str, records: bool = True):
     """Token stream of trace text: records whole (unless ``records`` is False), body runs, lines.
 
-    Yields ``(re.Match, start, end)``; ``match.lastgroup`` is ``"run"`` for a body run, and
-    for a record (``records`` only) ``match.group(1)`` is set.
+    Yields ``(re.Match, start, end)``; ``match.lastgroup`` is ``"records"`` for consecutive
+    records (`split_records` cuts them apart), ``"run"`` for a body run, None for a line.
     """
     scanner = SCANNER if records else SLOW_SCANNER
     for tokens, start, end in scanner.scan_string(text, always_skip_whitespace=False):

@@ -156,10 +156,12 @@ class Assembler:
     def _tokens(self, text: str, line: int, records: bool = True) -> int:
         """Consume the grammar's tokens of ``text``; returns the line number reached."""
         for match, start, end in spy.scan(text, records):
-            if match.lastgroup == "run":
+            kind = match.lastgroup
+            if kind == "records":
+                for record_start, record_end in spy.split_records(text, start, end):
+                    line = self._record(text, record_start, record_end, line)
+            elif kind == "run":
                 line = self._body_run(text, start, end, line)
-            elif records and match.group(1) is not None:
-                line = self._record(match, text, start, end, line)
             else:
                 line = self._slow_lines(text, start, end, line)
         return line
@@ -192,11 +194,11 @@ class Assembler:
 
     # --- the fast path ---
 
-    def _record(self, m: re.Match[str], text: str, start: int, end: int, line: int) -> int:
-        """A record token: one row at once if it is clean and overlaps no active call of its
-        process, else its text takes the slow path.  Returns the line number reached."""
+    def _record(self, text: str, start: int, end: int, line: int) -> int:
+        """A record ``text[start:end]``: one row at once if it is clean and overlaps no active
+        call of its process, else its text takes the slow path.  Returns the line number reached."""
         nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
-        if not self._fast_record(m, line, nlines):
+        if not self._fast_record(spy.record_parts(text[start:end]), line, nlines):
             return self._tokens(text[start:end], line, records=False)
         if self.own_from <= line + 2 <= self.own_to:
             coverage = self.coverage
@@ -205,22 +207,18 @@ class Assembler:
             coverage.record_lines += nlines - 1
         return line + nlines
 
-    def _fast_record(self, m: re.Match[str], line: int, nlines: int) -> bool:
+    def _fast_record(self, parts: spy.RecordParts, line: int, nlines: int) -> bool:
         """Emit a clean record that overlaps no active call of its process; False: use the slow path."""
-        seq, func, pid_text, tid_text, ts, body, rv, rv_name = m.groups()[:8]
+        seq, func, pid, tid, ts, body, rv, rv_name = parts
         if not spy.is_clean_body(body):
             return False
-        pid = int(pid_text) if pid_text else None
         if self._open and any(_same_process(other, pid) for other in self._active()):
             return False
         self._headers += 1
-        process = self.tracker.header(int(seq))
+        process = self.tracker.header(seq)
         if pid is not None:
             process = self.tracker.pid(pid)
-        self._emit(
-            int(seq), func, line + 2, process, pid, int(tid_text) if tid_text else None, ts,
-            int(rv), rv_name, body, line + nlines, False,
-        )
+        self._emit(seq, func, line + 2, process, pid, tid, ts, rv, rv_name, body, line + nlines, False)
         return True
 
     # --- the slow path ---
