@@ -29,6 +29,8 @@ import polars as pl
 
 from pipeline.records import mechanism_name, user_type_name
 
+# ASCII classes spelled out: Rust's \s, \S, \w and \d are Unicode-aware (0xA0 is a space there).
+_NOT_SPACE = r"[^ \t\n\r\f\x0B]"
 _HEX = r"0x([0-9a-f]+)"
 _IN_OBJECT = r"(?:hKey|hObject|hBaseKey|hWrappingKey|hUnwrappingKey|hPublicKey|hPrivateKey|\*phSession|\*phObject|\*phNewObject|phKey)"
 CREATED_OUT = ("*phObject", "*phNewObject", "hKey", "hPublicKey", "hPrivateKey", "phKey")
@@ -38,19 +40,19 @@ SESSION_OUT = r"\n\[out\] \*phSession = " + _HEX
 SLOT_IN = r"\n\[in\] slotID = " + _HEX
 OBJECT_IN = r"\n\[in\] " + _IN_OBJECT + " = " + _HEX
 CREATED = r"\n\[out\] (?:\*phObject|\*phNewObject|hKey|hPublicKey|hPrivateKey|phKey) = " + _HEX
-MECHANISM = r"\n(?:\[in\] )?pMechanism->type ?= ?(\S+)"
-MECHANISM_INFO = r"\n(?:\[in\] type = +| +)(Unknown Mechanism \([0-9a-f]+\)|[^\s\[]+?)(?:\s|\[|Returned:|$)"
-USER_TYPE = r"\n\[in\] userType = (\S+)"
+MECHANISM = r"\n(?:\[in\] )?pMechanism->type ?= ?(" + _NOT_SPACE + "+)"
+MECHANISM_INFO = r"\n(?:\[in\] type = +| +)(Unknown Mechanism \([0-9a-f]+\)|[^ \t\n\r\f\x0B\[]+?)(?:[ \t\n\r\f\x0B]|\[|Returned:|$)"
+USER_TYPE = r"\n\[in\] userType = (" + _NOT_SPACE + "+)"
 SESSION_FLAGS = r"\n\[in\] flags = " + _HEX + r"\n"
 BUFFER = (
-    r"\n\[(?P<dir>in|out)\] (?P<name>[A-Za-z*][^\s\[]*)(?:\[[^\]\n]*\])?(?: =)? "
-    r"(?:(?P<address>[0-9a-f]{8}(?:[0-9a-f]{8})?) / (?P<length>-?\d+)|NULL \[size : 0x[0-9A-F]+ \((?P<null_length>-?\d+)\)\]|EMPTY)"
+    r"\n\[(?P<dir>in|out)\] (?P<name>[A-Za-z*][^ \t\n\r\f\x0B\[]*)(?:\[[^\]\n]*\])?(?: =)? "
+    r"(?:(?P<address>[0-9a-f]{8}(?:[0-9a-f]{8})?) / (?P<length>-?[0-9]+)|NULL \[size : 0x[0-9A-F]+ \((?P<null_length>-?[0-9]+)\)\]|EMPTY)"
 )
-TEMPLATE = r"(?m)^\[(?:in|out)\] \w+\[\d+\]: ?\n(?:[^\[\n][^\n]*\n)*"  # a head and its lines
+TEMPLATE = r"(?m)^\[(?:in|out)\] [A-Za-z0-9_]+\[[0-9]+\]: ?\n(?:[^\[\n][^\n]*\n)*"  # a head and its lines
 ENTRY = r"(?m)^    (CKA_[A-Z0-9_]+(?:\((?:NSS|Netsc)\))?|CKA_\? \(0x[0-9a-f]{8}\))"
 SECRET_ENTRY = (
     r"(?m)^    (CKA_VALUE|CKA_PRIVATE_EXPONENT|CKA_PRIME_1|CKA_PRIME_2|CKA_EXPONENT_1|CKA_EXPONENT_2"
-    r"|CKA_COEFFICIENT|CKA_SEED) +[0-9a-f]{8,16} / [1-9]\d*\n    00000000  "
+    r"|CKA_COEFFICIENT|CKA_SEED) +[0-9a-f]{8,16} / [1-9][0-9]*\n    00000000  "
 )
 
 CKF_RW_SESSION = 0x2
@@ -198,9 +200,10 @@ def _names(column: pl.Series, name_of) -> dict[str, str]:
     return {text: named for text in column.drop_nulls().unique() if (named := name_of(text)) != text}
 
 
-_TEMPLATE_RE = re.compile(r"\n\[(in|out)\] (\w+)\[\d+\]: ?\n")
+_TEMPLATE_RE = re.compile(r"\n\[(in|out)\] (\w+)\[\d+\]: ?\n", re.ASCII)
 _VALUE_ENTRY_RE = re.compile(
-    r"\n    (CKA_[A-Z0-9_]+) +(?:(True|False)|(CK[OK]_\w+)|[0-9a-f]{8}(?:[0-9a-f]{8})? / [1-8]\n    00000000  ((?:[0-9A-F]{2} ){1,8}))"
+    r"\n    (CKA_[A-Z0-9_]+) +(?:(True|False)|(CK[OK]_\w+)|[0-9a-f]{8}(?:[0-9a-f]{8})? / [1-8]\n    00000000  ((?:[0-9A-F]{2} ){1,8}))",
+    re.ASCII,
 )
 _INT_ATTRS = frozenset({"CKA_MODULUS_BITS", "CKA_VALUE_LEN"})
 _ENUM_ATTRS = frozenset({"CKA_CLASS", "CKA_KEY_TYPE"})

@@ -1,6 +1,7 @@
 r"""Grammar of OpenSC ``pkcs11-spy`` output, OpenSC 0.20 – 0.27 (see ``pkcs11-spy-format.md``).
 
-The trace is read as Latin-1 text with ``\r\n`` folded to ``\n``.  It is scanned as a
+The trace is read as Latin-1 text with ``\r\n`` folded to ``\n``; every pattern is ASCII
+(``re.ASCII``): ``\s`` is the spy's whitespace, not a Latin-1 byte such as 0xA0.  It is scanned as a
 sequence of *tokens*: a whole clean call record, else a run of body lines, else one line::
 
     trace        = { record | body-run | line } ;
@@ -98,12 +99,12 @@ RECORD_PATTERN = r"\n" + HEADER + r"\n" + TS + r"\n(?:" + _BODY_START + r"[^\n]*
 RECORDS_PATTERN = r"(?P<records>(?:" + re.sub(r"(?<!\\)\((?!\?)", "(?:", RECORD_PATTERN) + r")+)"
 BODY_RUN_PATTERN = r"(?P<run>(?:" + BODY_LINE + r")+)"
 LINE_PATTERN = r"[^\n]*\n|[^\n]+\Z"
-TOKEN_RE = re.compile(RECORDS_PATTERN + "|" + BODY_RUN_PATTERN + "|" + LINE_PATTERN)
+TOKEN_RE = re.compile(RECORDS_PATTERN + "|" + BODY_RUN_PATTERN + "|" + LINE_PATTERN, re.ASCII)
 """Consecutive records (``records``), else a run of body lines (``run``), else one line."""
-SLOW_TOKEN_RE = re.compile(BODY_RUN_PATTERN + "|" + LINE_PATTERN)
+SLOW_TOKEN_RE = re.compile(BODY_RUN_PATTERN + "|" + LINE_PATTERN, re.ASCII)
 """The tokens of a record's text that cannot be kept whole."""
 
-_GLUED_TS_RE = re.compile(r":\d\d\.\d{3}\n")
+_GLUED_TS_RE = re.compile(r":\d\d\.\d{3}\n", re.ASCII)
 
 
 def is_clean_body(body: str) -> bool:
@@ -201,7 +202,7 @@ LINE_KINDS: tuple[tuple[str, str], ...] = (
 
 _KIND_OF_GROUP = {f"k{i}": kind for i, (kind, _) in enumerate(LINE_KINDS)}
 SPY_LINE = (
-    pp.Regex("|".join(f"(?P<k{i}>{pattern})\\Z" for i, (_, pattern) in enumerate(LINE_KINDS)), as_match=True)
+    pp.Regex("|".join(f"(?P<k{i}>{pattern})\\Z" for i, (_, pattern) in enumerate(LINE_KINDS)), flags=re.ASCII, as_match=True)
     .leave_whitespace()
     .parse_with_tabs()
     .set_name("spy-line")
@@ -209,9 +210,9 @@ SPY_LINE = (
 """Line grammar for the slow path: one alternation, so one pyparsing call per line."""
 
 _FIELDS_OF = {
-    "header": re.compile(HEADER),
-    "timestamp": re.compile(TS),
-    "returned": re.compile(RETURNED),
+    "header": re.compile(HEADER, re.ASCII),
+    "timestamp": re.compile(TS, re.ASCII),
+    "returned": re.compile(RETURNED, re.ASCII),
     "load-result": re.compile(r".*"),
 }
 
@@ -231,8 +232,8 @@ def classify(unit: str) -> tuple[str, re.Match[str] | None]:
     return kind, (fields.match(unit) if fields is not None else match)
 
 
-_GLUED_TAIL_RE = re.compile(r"(.+?)(" + RETURNED + r"|" + TS + r")\Z")
-_WHOLE_UNIT_RE = re.compile(r"(?:" + RETURNED + r"|" + TS + r")\Z")
+_GLUED_TAIL_RE = re.compile(r"(.+?)(" + RETURNED + r"|" + TS + r")\Z", re.ASCII)
+_WHOLE_UNIT_RE = re.compile(r"(?:" + RETURNED + r"|" + TS + r")\Z", re.ASCII)
 
 
 def split_units(line: str) -> list[str]:
@@ -251,7 +252,7 @@ def split_units(line: str) -> list[str]:
 
 # --- dialect hints ---
 
-_MECH_WIDTH_RE = re.compile(r"\n\[in\] pMechanism->type = (CKM_\w+ *)\n")
+_MECH_WIDTH_RE = re.compile(r"\n\[in\] pMechanism->type = (CKM_\w+ *)\n", re.ASCII)
 
 
 def dialect_hints(text: str) -> set[str]:
