@@ -23,7 +23,7 @@ from pipeline.errors import InputError
 from pipeline.stages.common import BATCH_ROWS, reduce_calls
 from pipeline.stages.errors import error_counts, errors
 from pipeline.stages.findings import finding_hits, findings, logins_without_logout
-from pipeline.stages.latency import bucket_counts, latency, latency_counts, latency_over_time, parse_bucket, time_axis
+from pipeline.stages.latency import bucket_counts, latency, latency_all_calls, latency_counts, latency_over_time, parse_bucket, time_axis
 from pipeline.stages.mechanisms import mechanisms
 from pipeline.stages.sessions import ends, life_parts, process_counts, processes, session_lives, sessions
 from pipeline.store import ensure_dir, write_frame, write_json
@@ -123,6 +123,7 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
         "bucket_seconds": bucket_seconds,
         "findings_by_severity": dict(sorted(by_severity)),
         "latency": "upper bound: ms to the next call entry of the same (source, process, pid, tid); 1 ms resolution",
+        "latency_all_calls": latency_all_calls(summary["latency"]),
         "elapsed_s": round(time.perf_counter() - started, 3),
         "timings_s": timings,
     }

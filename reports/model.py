@@ -315,7 +315,7 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
     errors = int(per_rv.filter(pl.col("category") == "error")["count"].sum()) if per_rv.height else 0
     incomplete = int(per_rv.filter(pl.col("category") == "incomplete")["count"].sum()) if per_rv.height else 0
     leaked = int(ses["leaked"].sum()) if ses.height else 0
-    overall = _overall_p95(out_dir, lat)
+    overall = _overall_p95(manifest)
 
     findings, by_sev = _findings(fnd)
     secrets = [g for g in findings if is_secret_code(g.code)]
@@ -467,26 +467,9 @@ def _stage_names(stages: Any) -> list[str]:
     return sorted(stages) if isinstance(stages, list) else []
 
 
-def _overall_p95(out_dir: Path, lat: pl.DataFrame) -> float | None:
-    """p95 over all calls: the stage's own all-calls row if it wrote one, else from calls.parquet
-    with the design's definition (gap to the next entry of the same source/process/pid/tid)."""
-    for col, val in (("func", None), ("func", "*"), ("func", "(all)")):
-        rows = lat.filter(pl.col(col).is_null() if val is None else pl.col(col) == val)
-        if rows.height:
-            return rows["p95_ms"][0]
-    calls = out_dir / "calls.parquet"
-    if not calls.exists():
-        return None
-    try:  # the stages' own per-call latency, so the figure matches latency.parquet exactly
-        from pipeline.stages.common import derive
-
-        value = derive(pl.scan_parquet(calls)).select(pl.col("latency_ms").cast(pl.Float64).quantile(0.95, "linear")).collect().item()
-    except Exception:  # pragma: no cover - stages missing or changed: the design's definition
-        key = ["source", "process", "pid", "tid"]
-        lf = pl.scan_parquet(calls).sort(["source", "process", "line"])
-        gap = (pl.col("ts").shift(-1).over(key) - pl.col("ts")).dt.total_milliseconds()
-        value = lf.select(pl.when(pl.col("uncertain") | ~pl.col("complete")).then(None).otherwise(gap).cast(pl.Float64)
-                          .quantile(0.95, "linear")).collect().item()
+def _overall_p95(manifest: dict) -> float | None:
+    """p95 over all calls, as ``analyze`` computed it from the same counts as latency.parquet."""
+    value = manifest.get("stages", {}).get("latency_all_calls", {}).get("p95_ms")
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else float(value)
 
 

@@ -103,6 +103,14 @@ def latency(counts: pl.LazyFrame) -> pl.LazyFrame:
     )
 
 
+def latency_all_calls(counts: pl.LazyFrame) -> dict:
+    """The ``latency`` figures over all calls together (the report's headline p95).
+
+    ``counts``: the combined ``latency_counts`` summary.
+    """
+    return counts.select(stats()).collect().row(0, named=True)
+
+
 def parse_bucket(text: str) -> int:
     """``"1m"`` → 60; plain numbers are seconds.  Raises ``P11lensError`` on anything else."""
     m = _BUCKET_RE.fullmatch(text or "")
