@@ -107,6 +107,16 @@ def records_frame(rows: list[RawCall]) -> pl.DataFrame:
     return frame.with_columns(pl.col("ts").str.to_datetime(TS_FORMAT, time_unit="ms", strict=False)).select(CALLS_SCHEMA.names)
 
 
+def _arrow(frame: pl.DataFrame) -> pa.Table:
+    """The frame as an Arrow table of the calls schema (plain strings, which every reader knows)."""
+    return frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(CALLS_SCHEMA)
+
+
+def _in_line_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """Rows by line within each source; sources in the order they first appear."""
+    return frame.sort(pl.int_range(pl.len()).min().over("source"), "line")
+
+
 class CallsWriter:
     """Collects call records and appends them to ``calls.parquet`` in bounded batches.
 
@@ -114,6 +124,13 @@ class CallsWriter:
     with the next one: the conversion (field extraction, Parquet encoding) is Polars' and
     Arrow's Rust/C++ work, which runs without the GIL.  At most one batch is in flight, so
     memory stays at about two batches.
+
+    Rows are written in (source, line) order, so that each row group covers a narrow line
+    range (readers skip row groups by their min/max statistics: ``analyze`` reads line
+    ranges).  Records close out of order when they overlap others; each batch is sorted, and
+    the few rows that close after a later batch was written (a record left open for long,
+    typically one that never returned) are kept apart and written in row groups of their own,
+    after the others (`flush`).
     """
 
     def __init__(self, path: Path, batch_rows: int | None = None) -> None:
@@ -124,6 +141,8 @@ class CallsWriter:
         self.parquet = pq.ParquetWriter(path, CALLS_SCHEMA, compression=COMPRESSION)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calls-writer")
         self._in_flight: Future | None = None
+        self._reached: dict[str, int] = {}  # per source, the last line written in order
+        self._late: list[pl.DataFrame] = []  # rows behind it, converted (bodies dropped)
 
     def flush_if_full(self) -> None:
         if len(self.rows) >= self.batch_rows:
@@ -134,6 +153,7 @@ class CallsWriter:
         if self.rows:
             self._hand_off()
         self._wait()
+        self._write_late()
 
     def close(self) -> None:
         try:
@@ -151,8 +171,26 @@ class CallsWriter:
         self.written += len(batch)
 
     def _write(self, batch: list[RawCall]) -> None:
-        table = records_frame(batch).to_arrow(compat_level=pl.CompatLevel.oldest()).cast(CALLS_SCHEMA)
-        self.parquet.write_table(table)
+        frame = _in_line_order(records_frame(batch))
+        behind = pl.col("line") <= pl.col("source").replace_strict(self._reached, default=0, return_dtype=pl.Int64)
+        late = frame.filter(behind)
+        frame = frame.filter(~behind)
+        self._write_table(frame)
+        self._reached.update(frame.group_by("source").agg(pl.col("line").max()).iter_rows())
+        if late.height:
+            # rebuilt from values: a filtered frame would keep the whole batch's buffers alive
+            self._late.append(pl.DataFrame(late.rows(), schema=late.schema, orient="row"))
+            if sum(f.height for f in self._late) >= self.batch_rows:
+                self._write_late()
+
+    def _write_late(self) -> None:
+        if self._late:
+            late, self._late = pl.concat(self._late), []
+            self._write_table(_in_line_order(late))
+
+    def _write_table(self, frame: pl.DataFrame) -> None:
+        if frame.height:
+            self.parquet.write_table(_arrow(frame))
 
     def _wait(self) -> None:
         """Wait for the batch in flight; its error, if any, is raised here."""
