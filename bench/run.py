@@ -12,8 +12,8 @@ time and the peak RSS of each command:
 * ``p11lens analyze`` on calls tables of 1 and 3 million rows (the parsed trace, repeated):
   its peak RSS should be the same for both (bounded memory).
 
-Figures are MB/s, records/s, peak RSS (of the largest process, from GNU time) and ratios to the
-baseline and to ``grep -c``.  Ratios are what to compare across machines; absolute numbers
+Figures are MB/s, records/s, CPU seconds, peak RSS (of the largest process, from GNU time) and
+ratios to the baseline and to ``grep -c``.  Ratios are what to compare across machines; absolute numbers
 drift with the machine and its load.
 """
 
@@ -55,14 +55,15 @@ def build_trace(size_mb: int) -> Path:
     return path
 
 
-def measure(cmd: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS (KiB) of one command's largest process.
+def measure(cmd: list[str]) -> tuple[float, int, float]:
+    """Wall seconds, peak RSS (KiB) of one command's largest process, and CPU seconds (user +
+    system, all its processes and threads: more than the wall time when it uses both cores).
 
     Output goes to a file, not /dev/null (GNU grep stops at the first match when it sees
     /dev/null); the RSS comes from GNU time, since a forked child's ``wait4`` figure would
     include the Python parent's memory from before ``exec``.
     """
-    timed = ["/usr/bin/time", "-f", "%M", *cmd] if os.path.exists("/usr/bin/time") else cmd
+    timed = ["/usr/bin/time", "-f", "%M %U %S", *cmd] if os.path.exists("/usr/bin/time") else cmd
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.run(timed, stdout=out, stderr=err, cwd=ROOT)
@@ -71,8 +72,10 @@ def measure(cmd: list[str]) -> tuple[float, int]:
         stderr = err.read().decode(errors="replace")
     if proc.returncode not in (0, 1):
         raise SystemExit(f"bench: {' '.join(cmd)} failed: {stderr[-500:]}")
-    peak = int(stderr.strip().splitlines()[-1]) if timed is not cmd else 0
-    return elapsed, peak
+    if timed is cmd:
+        return elapsed, 0, 0.0
+    peak, user, system = stderr.strip().splitlines()[-1].split()
+    return elapsed, int(peak), float(user) + float(system)
 
 
 def calls_of(out: Path) -> int:
@@ -108,11 +111,13 @@ def run(sizes: list[int], rounds: int) -> dict:
             "run -j2": [*P11LENS, "run", "-j", "2", str(trace), "-o", str(DATA / f"out-{size}-run")],
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
+        cpu: dict[str, list[float]] = {name: [] for name in commands}
         rss: dict[str, int] = {name: 0 for name in commands}
         for _ in range(rounds):  # interleaved: every command once per round
             for name, cmd in commands.items():
-                seconds, peak = measure(cmd)
+                seconds, peak, cpu_seconds = measure(cmd)
                 times[name].append(seconds)
+                cpu[name].append(cpu_seconds)
                 rss[name] = max(rss[name], peak)
         records = calls_of(out1)
         assert records == calls_of(out2), "parse -j1 and -j2 disagree on the row count"
@@ -123,6 +128,7 @@ def run(sizes: list[int], rounds: int) -> dict:
             t = statistics.median(times[name])
             rows[name] = {
                 "seconds": round(t, 3),
+                "cpu_seconds": round(statistics.median(cpu[name]), 2),
                 "MB/s": round(mb / t, 1),
                 "records/s": round(records / t),
                 "peak_rss_mib": round(rss[name] / 1024, 1),
@@ -133,7 +139,7 @@ def run(sizes: list[int], rounds: int) -> dict:
         results["sizes"][size] = {"trace_mb": round(mb, 1), "records": records, "commands": rows}
     for key, rows in (("analyze_1m", 1_000_000), ("analyze_3m", 3_000_000)):
         big = big_calls(DATA / f"out-{max(sizes)}-j1", rows, key.replace("_", "-"))
-        seconds, peak = min(measure([*P11LENS, "analyze", str(big)]) for _ in range(rounds))
+        seconds, peak, _ = min(measure([*P11LENS, "analyze", str(big)]) for _ in range(rounds))
         results[key] = {"rows": calls_of(big), "seconds": round(seconds, 2), "peak_rss_mib": round(peak / 1024, 1)}
     return results
 
@@ -151,10 +157,13 @@ def machine() -> dict:
 def print_table(results: dict) -> None:
     for size, entry in results["sizes"].items():
         print(f"\n{size} MB trace ({entry['trace_mb']} MB, {entry['records']} records)")
-        print(f"| command | s | MB/s | records/s | peak RSS MiB | × baseline | × grep -c |")
-        print("|---|---|---|---|---|---|---|")
+        print("| command | s | CPU s | MB/s | records/s | peak RSS MiB | × baseline | × grep -c |")
+        print("|---|---|---|---|---|---|---|---|")
         for name, r in entry["commands"].items():
-            print(f"| {name} | {r['seconds']} | {r['MB/s']} | {r['records/s']} | {r['peak_rss_mib']} | {r['x_baseline']} | {r['x_grep']} |")
+            print(
+                f"| {name} | {r['seconds']} | {r['cpu_seconds']} | {r['MB/s']} | {r['records/s']} | {r['peak_rss_mib']} "
+                f"| {r['x_baseline']} | {r['x_grep']} |"
+            )
         print(f"parse -j2 / parse -j1 speed-up: {entry['commands']['parse -j2']['x_parse_j1']}")
     for key in ("analyze_1m", "analyze_3m"):
         a = results[key]

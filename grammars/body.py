@@ -119,11 +119,10 @@ def read_fields(calls: pl.DataFrame) -> pl.DataFrame:
 def _session_flags() -> pl.Expr:
     """``CKF_RW_SESSION=True|False`` of a C_OpenSession (a one-item list), else null."""
     flags = pl.col("body").str.extract(SESSION_FLAGS).str.to_integer(base=16)
-    read_write = (flags // CKF_RW_SESSION % 2 == 1).cast(pl.String)
-    return (
-        pl.when((pl.col("func") == "C_OpenSession") & flags.is_not_null() & ~pl.col("body").str.contains("emplate[", literal=True))
-        .then(pl.concat_list(pl.lit("CKF_RW_SESSION=") + pl.when(read_write == "true").then(pl.lit("True")).otherwise(pl.lit("False"))))
-    )
+    read_write = pl.when(flags // CKF_RW_SESSION % 2 == 1).then(pl.lit("True")).otherwise(pl.lit("False"))
+    return pl.when(
+        (pl.col("func") == "C_OpenSession") & flags.is_not_null() & ~pl.col("body").str.contains("emplate[", literal=True)
+    ).then(pl.concat_list("CKF_RW_SESSION=" + read_write))
 
 
 def _buffer_fields(calls: pl.DataFrame) -> pl.DataFrame:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 import polars as pl
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from spylogs import DATA, EXAMPLE_LOGS, PINS, header_counts, line_count, pin_patterns
 
@@ -59,6 +59,8 @@ mutation = st.sampled_from(["cut", "splice", "duplicate", "inject", "crlf"])
     junk=st.binary(min_size=1, max_size=64),
     block=st.sampled_from([256, 4096, 1 << 20]),
 )
+# A Latin-1 0xA0 inside a header: Unicode-aware \s took it for a space (the header was lost).
+@example(base=33, other=0, kind="inject", at=1.0, at2=0.46484375, junk=b"\xa0", block=256)
 def test_mutated_real_logs_keep_the_invariants(base, other, kind, at, at2, junk, block):
     raw = SOURCES[base]
     i, j = sorted((int(at * len(raw)), int(at2 * len(raw))))
