@@ -174,7 +174,7 @@ def run_task(task: Task) -> PartResult:
         fh.seek(task.warm_from)
         for block in iter_blocks(fh):
             assembler.feed(block)
-            writer.flush_if_full()
+            writer.flush_if_full(len(block))
             if assembler.line >= task.stop_after_line and (
                 not assembler.owns_open_records() or assembler.line > task.stop_after_line + SPILL_LIMIT_LINES
             ):

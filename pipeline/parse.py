@@ -99,7 +99,7 @@ def parse_source(
     with _open_input(path) as stream:
         for block in iter_blocks(stream, digest, count):
             assembler.feed(block)
-            writer.flush_if_full()
+            writer.flush_if_full(len(block))
     assembler.finish()
     return _report(path, size, digest.hexdigest(), assembler.counts, assembler.coverage, assembler.dialects, assembler.processes)
 

@@ -26,6 +26,7 @@ from pipeline.records import CALLS_SCHEMA, RAW_SCHEMA, RawCall
 COMPRESSION = "zstd"
 TS_FORMAT = "%Y-%m-%d %H:%M:%S%.3f"
 BATCH_ROWS = 8_192  # rows per Parquet row group: big enough to compress well, small enough to bound memory (two batches of bodies are held)
+BATCH_TEXT = 16 << 20  # or fewer rows when their text (mostly bodies, held until the batch is converted) reaches this
 
 
 def ensure_dir(path: Path) -> Path:
@@ -138,14 +139,18 @@ class CallsWriter:
         self.rows: list[RawCall] = []
         self.batch_rows = batch_rows or BATCH_ROWS
         self.written = 0
+        self._text = 0  # bytes of input read since the last hand-off: bounds the bodies held
         self.parquet = pq.ParquetWriter(path, CALLS_SCHEMA, compression=COMPRESSION)
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calls-writer")
         self._in_flight: Future | None = None
         self._reached: dict[str, int] = {}  # per source, the last line written in order
         self._late: list[pl.DataFrame] = []  # rows behind it, converted (bodies dropped)
 
-    def flush_if_full(self) -> None:
-        if len(self.rows) >= self.batch_rows:
+    def flush_if_full(self, text_read: int = 0) -> None:
+        """Hand off the batch once it has ``batch_rows`` rows or ``BATCH_TEXT`` bytes of input
+        went into it (``text_read``: bytes read since the last call), whichever comes first."""
+        self._text += text_read
+        if len(self.rows) >= self.batch_rows or (self._text >= BATCH_TEXT and self.rows):
             self._hand_off()
 
     def flush(self) -> None:
@@ -165,6 +170,7 @@ class CallsWriter:
     def _hand_off(self) -> None:
         batch = self.rows[:]
         self.rows.clear()  # the same list: producers hold its bound ``append``
+        self._text = 0
         self._wait()
         gc.collect()  # the parse runs with automatic collection paused (`collection_per_batch`)
         self._in_flight = self._thread.submit(self._write, batch)

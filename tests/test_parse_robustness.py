@@ -9,13 +9,15 @@ from __future__ import annotations
 import re
 
 import polars as pl
+import pyarrow.parquet as pq
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from spylogs import DATA, EXAMPLE_LOGS, PINS, header_counts, line_count, pin_patterns
 
 from pipeline.assemble import Assembler
 from pipeline.stream import iter_blocks
-from pipeline.store import records_frame
+from pipeline.parse import parse_logs
+from pipeline.store import BATCH_ROWS, BATCH_TEXT, records_frame
 
 SOURCES = [p.read_bytes() for p in EXAMPLE_LOGS if p.stat().st_size > 1000]
 _HEADER_LINE = re.compile(rb"^\d+: \S+$", re.M)
@@ -91,8 +93,11 @@ def test_small_blocks_parse_like_large_ones():
         assert parse_bytes(raw, 512)[1] == parse_bytes(raw)[1], path.name
 
 
-def test_one_mebibyte_hexdump_in_one_record():
-    """Constructed from a real C_Digest record by repeating its dump rows to 1 MiB (labelled fragment)."""
+def _digest_log(repeat: int = 1) -> bytes:
+    """A real log whose C_Digest record (seq 49) dumps 1 MiB of data, ``repeat`` times over.
+
+    Constructed from the real record by repeating its dump rows to 1 MiB (labelled fragment).
+    """
     raw = (DATA / "02-keygen-sign_0.27.1.log").read_bytes()
     start = raw.index(b"\n49: C_Digest\n")
     end = raw.index(b"Returned:", start)
@@ -102,9 +107,28 @@ def test_one_mebibyte_hexdump_in_one_record():
     dump = b"".join(b"\n    %08X  " % (16 * k) + first_row for k in range(65536))
     big = head + b"[in] pData[ulDataLen] 00007f10848f8c50 / 1048576" + dump + b"\n[out] pDigest[*pulDigestLen] 00007f10848f8c70 / 32\n"
     digest_rows = raw[raw.index(b"[out] pDigest", start) :].split(b"\n")[1:3]
-    log = raw[:start] + big + b"\n".join(digest_rows) + b"\n" + raw[end:]
+    returned = raw[end : raw.index(b"\n", end) + 1]
+    whole = big + b"\n".join(digest_rows) + b"\n" + returned
+    return raw[:start] + whole * repeat + raw[end + len(returned) :]
+
+
+def test_one_mebibyte_hexdump_in_one_record():
+    log = _digest_log()
     assembler, records = parse_bytes(log, 1 << 16)
     digest = records_frame(records).row(by_predicate=pl.col("seq") == 49, named=True)
     assert digest["complete"] and digest["in_len"] == 1048576 and digest["out_len"] == 32
     assert len(records) == header_counts(log).total()
     assert assembler.coverage.unparsed_lines == 0
+
+
+def test_big_records_are_written_in_several_batches(tmp_path):
+    """Bodies are held until their batch is converted, so a batch is cut by the text it
+    holds, not only by its row count: 16 records of 4.6 MB each make several row groups."""
+    log = tmp_path / "big.log"
+    log.write_bytes(_digest_log(repeat=16))
+    manifest = parse_logs([str(log)], tmp_path / "out")
+    parquet = pq.ParquetFile(tmp_path / "out" / "calls.parquet")
+    assert manifest["counts"]["records"] == header_counts(log.read_bytes()).total() < BATCH_ROWS
+    assert log.stat().st_size > 4 * BATCH_TEXT and parquet.metadata.num_row_groups >= 4
+    digests = pl.read_parquet(tmp_path / "out" / "calls.parquet").filter(pl.col("seq") == 49)
+    assert digests.height == 16 and (digests["in_len"] == 1048576).all()

@@ -208,7 +208,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
 
         def commit(rows: list) -> None:
             calls.rows.extend(rows)
-            calls.flush_if_full()
+            calls.flush_if_full(sum(len(row.body) for row in rows))
 
         try:
             for src, base in plans.items():
