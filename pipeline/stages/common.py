@@ -26,6 +26,7 @@ Derived columns (all stages may rely on them):
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import polars as pl
@@ -183,16 +184,27 @@ def derive_batches(calls: pl.LazyFrame, batch_rows: int = BATCH_ROWS) -> Iterato
     )
     ranges = line_ranges(frame, batch_rows).iter_rows()
     state, offset, chunk = _Carry(), 0, next(ranges, None)
-    while True:
-        batch = frame.head(0).collect() if chunk is None else frame.filter(
-            (pl.col("source") == chunk[0]) & pl.col("line").is_between(chunk[1], chunk[2], closed="left")
-        ).collect().sort("line")
-        source, chunk = chunk and chunk[0], next(ranges, None)
-        # A source's batches are consecutive: after its last one, what is carried is final.
-        yield state.step(batch, offset, last=chunk is None or chunk[0] != source)
-        offset += batch.height
-        if chunk is None:
-            return
+    # The next batch is read on a reader thread while this one is derived (one batch ahead).
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        reading = reader.submit(_read, frame, chunk)
+        while True:
+            batch = reading.result()
+            source, chunk = chunk and chunk[0], next(ranges, None)
+            if chunk is not None:
+                reading = reader.submit(_read, frame, chunk)
+            # A source's batches are consecutive: after its last one, what is carried is final.
+            yield state.step(batch, offset, last=chunk is None or chunk[0] != source)
+            offset += batch.height
+            if chunk is None:
+                return
+
+
+def _read(frame: pl.LazyFrame, chunk: tuple[str, int, int] | None) -> pl.DataFrame:
+    """The calls of one line range (``source``, ``lo``, ``hi``) in line order; none for ``None``."""
+    if chunk is None:
+        return frame.head(0).collect()
+    batch = frame.filter((pl.col("source") == chunk[0]) & pl.col("line").is_between(chunk[1], chunk[2], closed="left")).collect()
+    return batch if batch["line"].is_sorted() else batch.sort("line")
 
 
 LINE_BLOCK = 4096  # lines per block of the row census that cuts the batches
@@ -334,12 +346,22 @@ def reduce_calls(calls: pl.LazyFrame, reductions: dict[str, Reduction], batch_ro
     def combined(name: str) -> pl.DataFrame:
         return reductions[name].combine(pl.concat(held[name]).lazy()).collect()
 
-    for batch in derive_batches(calls, batch_rows):
-        parts = pl.collect_all([r.partial(batch) for r in reductions.values()])
+    def keep(parts: list[pl.DataFrame]) -> None:
         for name, part in zip(reductions, parts):
             held[name].append(part)
             if len(held[name]) >= COMPACT_EVERY:
                 held[name] = [combined(name)]
+
+    # A batch is reduced on a worker thread while the next one is derived (polars releases the
+    # GIL, so the two overlap on two cores); one batch in flight keeps memory bounded.
+    with ThreadPoolExecutor(max_workers=1) as worker:
+        pending = None
+        for batch in derive_batches(calls, batch_rows):
+            following = worker.submit(lambda b: pl.collect_all([r.partial(b) for r in reductions.values()]), batch)
+            if pending is not None:
+                keep(pending.result())
+            pending = following
+        keep(pending.result())
     return {name: strings(combined(name)) for name in reductions}
 
 
