@@ -16,6 +16,7 @@ pre-pass replays it (`pipeline.processes`) and hands each worker the state at it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -166,9 +167,18 @@ def plan(path: str, workers: int, min_range: int = MIN_RANGE_BYTES, warmup: int 
 
 
 def run_task(task: Task) -> PartResult:
-    """A worker: parse from the warm-up point until every owned record is closed."""
-    first_line: dict[int, int] = {}
+    """A worker process: parse one range into its part file."""
     writer = CallsWriter(Path(task.part))
+    try:
+        result = parse_range(task, writer)
+    finally:
+        writer.close()
+    result.pid_first_line = dict(_first_pid_lines(task.part))
+    return result
+
+
+def parse_range(task: Task, writer: CallsWriter) -> PartResult:
+    """Parse from the warm-up point until every owned record is closed, into ``writer``."""
     assembler = Assembler(task.path, writer.rows.append, task.start)
     with collection_per_batch(), open(task.path, "rb") as fh:
         fh.seek(task.warm_from)
@@ -180,12 +190,8 @@ def run_task(task: Task) -> PartResult:
             ):
                 break
     assembler.finish()
-    writer.close()
-    for row_pid, row_line in _first_pid_lines(task.part):
-        first_line[row_pid] = row_line
     return PartResult(
-        task.part, assembler.counts, assembler.coverage, assembler.dialects,
-        assembler.processes_used, assembler.pid_process, first_line,
+        task.part, assembler.counts, assembler.coverage, assembler.dialects, assembler.processes_used, assembler.pid_process,
     )
 
 
@@ -194,18 +200,19 @@ def _first_pid_lines(part: str) -> list[tuple[int, int]]:
     return list(frame.collect().iter_rows())
 
 
-def parse_file(path: str, out_tmp: Path, writer: pq.ParquetWriter, workers: int) -> tuple[Layout, list[PartResult]] | None:
-    """Parse one file with ``workers`` processes into ``writer``; None when one worker is better.
+def parse_file(path: str, writer: CallsWriter, workers: int) -> tuple[Layout, list[PartResult]] | None:
+    """Parse one file with ``workers`` processes into ``writer``; None when one is better.
 
-    The workers start (and import their libraries) while the parent runs the pre-pass.
+    The parent is one of them: it parses the first range itself.  The others start (and
+    import their libraries) while the parent runs the pre-pass.
     """
     if workers < 2 or os.path.getsize(path) < 2 * MIN_RANGE_BYTES:
         return None
-    with _pool(workers) as pool:
+    with _pool(workers - 1) as pool:
         layout_tasks = plan(path, workers)
         if layout_tasks is None:
             return None
-        return parse_parallel(path, out_tmp, layout_tasks, writer, pool)
+        return parse_parallel(path, layout_tasks, writer, pool)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
@@ -216,39 +223,49 @@ def _pool(workers: int) -> ProcessPoolExecutor:
 
 
 def parse_parallel(
-    path: str, out_tmp: Path, layout_tasks: tuple[Layout, list[Task]], writer: pq.ParquetWriter,
-    pool: ProcessPoolExecutor | None = None,
+    path: str, layout_tasks: tuple[Layout, list[Task]], writer: CallsWriter, pool: ProcessPoolExecutor | None = None,
 ) -> tuple[Layout, list[PartResult]]:
-    """Run the workers, then append their parts to ``writer`` in order, remapping pids."""
-    layout, tasks = layout_tasks
-    tasks = [
-        Task(t.path, str(out_tmp.with_name(f"{out_tmp.name}.part{k}")), t.warm_from, t.start, t.stop_after_line)
-        for k, t in enumerate(tasks)
+    """Parse the first range into ``writer`` here while worker processes parse the others into
+    part files; then append the parts in order, remapping pids.
+
+    The first range is read from the file's start, so the process it gave each pid it saw is
+    a single pass's; for the other pids, the worker that saw a pid first decides.
+    """
+    layout, (first, *others) = layout_tasks
+    target = Path(writer.path)
+    others = [
+        Task(t.path, str(target.with_name(f"{target.name}.part{k}")), t.warm_from, t.start, t.stop_after_line)
+        for k, t in enumerate(others, 1)
     ]
     try:
-        if pool is None:
-            with _pool(min(len(tasks), default_workers())) as own:
-                results = list(own.map(run_task, tasks))
-        else:
-            results = list(pool.map(run_task, tasks))
-        owner: dict[int, tuple[int, int]] = {}  # pid -> (first line, process) from the worker that saw it first
+        with contextlib.ExitStack() as stack:
+            if pool is None:
+                pool = stack.enter_context(_pool(min(len(others), max(default_workers() - 1, 1))))
+            futures = [pool.submit(run_task, task) for task in others]
+            head = parse_range(first, writer)
+            writer.flush()
+            results = [f.result() for f in futures]
+        owner: dict[int, tuple[int, int]] = {pid: (-1, proc) for pid, proc in head.pid_process.items()}
         for result in results:
             for pid, line in result.pid_first_line.items():
                 if pid not in owner or line < owner[pid][0]:
                     owner[pid] = (line, result.pid_process[pid])
         for result in results:
             remap = {pid: proc for pid, (_, proc) in owner.items() if result.pid_process.get(pid, proc) != proc}
-            _append_part(Path(result.part), writer, remap)
+            writer.written += _append_part(Path(result.part), writer.parquet, remap)
             if remap:
                 result.processes_used = {remap.get(p, p) for p in result.processes_used}
     finally:
-        for task in tasks:
+        for task in others:
             Path(task.part).unlink(missing_ok=True)
-    return layout, results
+    return layout, [head, *results]
 
 
-def _append_part(part: Path, writer: pq.ParquetWriter, remap: dict[int, int]) -> None:
+def _append_part(part: Path, writer: pq.ParquetWriter, remap: dict[int, int]) -> int:
+    """Copy a part's rows into ``writer`` (pids remapped); returns how many."""
+    rows = 0
     for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS):
+        rows += batch.num_rows
         table = pa.Table.from_batches([batch])
         if remap:
             frame = pl.from_arrow(table).with_columns(
@@ -256,4 +273,5 @@ def _append_part(part: Path, writer: pq.ParquetWriter, remap: dict[int, int]) ->
             )
             table = frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(CALLS_SCHEMA)
         writer.write_table(table)
+    return rows
 

@@ -83,7 +83,7 @@ def parse_source(
     """Stream one log through the grammar into the writer's batches (in parallel when it pays)."""
     if workers > 1 and path != STDIN:
         writer.flush()  # rows of earlier inputs go first
-        split = parallel.parse_file(path, writer.path, writer.parquet, workers)
+        split = parallel.parse_file(path, writer, workers)
         if split is not None:
             return _parallel_report(path, writer, *split, on_bytes)
     digest = hashlib.sha256()
@@ -112,7 +112,6 @@ def _parallel_report(path: str, writer: CallsWriter, layout, results, on_bytes) 
     for result in results:
         counts.absorb(result.counts)
         coverage.absorb(result.coverage)
-    writer.written += counts.records
     processes = max(len(set().union(*(r.processes_used for r in results))), counts.banners)
     dialects = set().union(*(r.dialects for r in results))
     return _report(path, layout.size, layout.sha256, counts, coverage, dialects, processes)

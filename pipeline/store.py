@@ -84,15 +84,16 @@ def collection_per_batch() -> Iterator[None]:
     cycles, and one explicit collection per batch bounds anything else.  The objects alive
     before the parse (imported modules) are frozen out of those collections.
     """
-    enabled = gc.isenabled()
+    if not gc.isenabled():  # already paused (a parse within a parse: the parallel parent)
+        yield
+        return
     gc.disable()
     gc.freeze()
     try:
         yield
     finally:
         gc.unfreeze()
-        if enabled:
-            gc.enable()
+        gc.enable()
 
 
 def write_json(path: Path, payload: object) -> None:

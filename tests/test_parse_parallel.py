@@ -5,13 +5,12 @@ from __future__ import annotations
 import dataclasses
 
 import polars as pl
-import pyarrow.parquet as pq
 import pytest
 from spylogs import DATA
 
 from pipeline import parallel
 from pipeline.parse import parse_logs
-from pipeline.records import CALLS_SCHEMA
+from pipeline.store import CallsWriter
 
 # Real multi-process, multi-threaded, truncated and stderr-mixed traces (0.24+, with pids);
 # appended several times over so that there are banners, pids and open records on both
@@ -39,9 +38,10 @@ def parse_split(path, out, range_bytes, warmup):
     layout_tasks = parallel.plan(str(path), 64, min_range=range_bytes, warmup=warmup)
     assert layout_tasks is not None and len(layout_tasks[1]) >= 5
     target = out / "calls.parquet"
-    writer = pq.ParquetWriter(target, CALLS_SCHEMA)
-    _, results = parallel.parse_parallel(str(path), target, layout_tasks, writer)
+    writer = CallsWriter(target)
+    _, results = parallel.parse_parallel(str(path), layout_tasks, writer)
     writer.close()
+    assert writer.written == sum(r.counts.records for r in results)
     return pl.read_parquet(target), results
 
 
