@@ -124,7 +124,10 @@ STAGE_COLUMNS = (
     "source", "process", "pid", "tid", "line", "ts", "func", "rv", "rv_name", "complete", "slot",
     "session", "mechanism", "user_type", "uncertain", "secrets", "flags",
 )
-BATCH_ROWS = 131_072  # calls per batch: the unit of memory (measured: ~100 MiB of working set)
+# Calls per batch: the unit of memory.  Up to three batches are alive at once (one read ahead,
+# one derived, one reduced); 96 k keeps that about as large as one 131 k batch alone was, and
+# is no slower (measured at 3 M calls: 6.4 s / 391 MiB against 6.6 s / 426 MiB for 131 k).
+BATCH_ROWS = 98_304
 COMPACT_EVERY = 8  # partial summaries held per reduction before they are combined into one
 
 # Per-batch state keys: ``src`` is a small integer standing for ``source`` (cheaper to hash).
