@@ -151,7 +151,7 @@ def record_parts(record: str) -> RecordParts:
         pid_part, tid_part, stamp = stamp.split(" ", 2)
         pid, tid = int(pid_part[2:-1]), int(tid_part[4:] if tid_part[2:4] == "0x" else tid_part[2:])
     returned = record.rindex("\nReturned:  ")
-    rv, rv_name = record[returned + 12 :].split()
+    rv, rv_name = record[returned + 12 :].rstrip("\n").split(" ", 1)
     return RecordParts(int(seq), func, pid, tid, stamp, record[stamp_end : returned + 1], int(rv), rv_name)
 
 

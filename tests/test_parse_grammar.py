@@ -47,7 +47,8 @@ def test_plain_body_lines_make_a_run(start, tail):
 def test_latin1_space_lookalike_in_a_header_keeps_it_a_header():
     """Hand-made: 0xA0 (no-break space in Latin-1) is not the spy's whitespace."""
     assert spy.classify("23: C_Cr\xa0eateObject")[0] == "header"
-    record = "\n23: C_Cr\xa0eateObject\n2026-11-28 15:13:49.400\n[in] hSession = 0x1\nReturned:  0 CKR_OK\n"
+    record = "\n23: C_Cr\xa0eateObject\n2026-11-28 15:13:49.400\n[in] hSession = 0x1\nReturned:  0 CKR\xa0OK\n"
     match = spy.TOKEN_RE.match(record)
     assert match.lastgroup == "records" and match.end() == len(record)
-    assert spy.record_parts(record).func == "C_Cr\xa0eateObject"
+    parts = spy.record_parts(record)
+    assert (parts.func, parts.rv, parts.rv_name) == ("C_Cr\xa0eateObject", 0, "CKR\xa0OK")
