@@ -6,6 +6,8 @@ It starts reading a little earlier (a warm-up, so that its state — open record
 overlaps — matches what a single pass would have there) and reads on past its range until
 every record it owns is closed.  Line numbers and the banner state at each cut come from a
 cheap byte-level pre-pass (newlines, banner and header lines), so no worker waits for another.
+The parent is the first worker: it parses the first range straight into the output while the
+other processes parse theirs into part files, appended afterwards.
 
 One thing only a single pass knows is which banner a pid was first seen under, when that
 was in an earlier range; the parts are therefore concatenated with a pid → process remap
