@@ -29,12 +29,11 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.assemble import Assembler, Counts, Coverage, Start
 from pipeline.processes import ProcessTracker
-from pipeline.store import BATCH_ROWS, CallsWriter, collection_per_batch
+from pipeline.store import CallsWriter, collection_per_batch
 from pipeline.stream import iter_blocks
 from pipeline.records import CALLS_SCHEMA
 
@@ -277,11 +276,13 @@ def parse_parallel(
 
 
 def _append_part(part: Path, writer: pq.ParquetWriter, remap: dict[int, int]) -> int:
-    """Copy a part's rows into ``writer`` (pids remapped); returns how many."""
+    """Copy a part's rows into ``writer`` (pids remapped), a row group at a time so that its
+    row groups stay as they were written (each a narrow line range); returns how many rows."""
     rows = 0
-    for batch in pq.ParquetFile(part).iter_batches(batch_size=BATCH_ROWS, use_threads=False):  # threads: +30 MiB
-        rows += batch.num_rows
-        table = pa.Table.from_batches([batch])
+    source = pq.ParquetFile(part)
+    for group in range(source.num_row_groups):
+        table = source.read_row_group(group, use_threads=False)  # threads: +30 MiB
+        rows += table.num_rows
         if remap:
             frame = pl.from_arrow(table).with_columns(
                 pl.col("pid").replace_strict(remap, default=pl.col("process"), return_dtype=pl.Int32).alias("process")
