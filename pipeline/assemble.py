@@ -1,8 +1,8 @@
 """Turn the grammar's token stream into call records, accounting for every line.
 
 Clean records (the grammar's fast path) become a `RawCall` at once.  Everything else
-arrives line by line and goes through a small state machine that follows the spy's own
-rules (format notes §6-§8):
+arrives line by line (a run of body lines in one piece) and goes through a small state
+machine that follows the spy's own rules (format notes §6-§8):
 
 * a header opens a record; it stays *open* until a ``Returned:`` unit closes it;
 * a timestamp unit belongs to the newest open record that has none yet;
@@ -198,8 +198,9 @@ class Assembler:
         """A record ``text[start:end]``: one row at once if it is clean and overlaps no active
         call of its process, else its text takes the slow path.  Returns the line number reached."""
         nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
-        if not self._fast_record(spy.record_parts(text[start:end]), line, nlines):
-            return self._tokens(text[start:end], line, records=False)
+        record = text[start:end]
+        if not self._fast_record(spy.record_parts(record), line, nlines):
+            return self._tokens(record, line, records=False)
         if self.own_from <= line + 2 <= self.own_to:
             coverage = self.coverage
             coverage.lines += nlines
