@@ -32,7 +32,7 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder (created if missing)")
     p.add_argument(
         "-j", "--workers", type=_positive, default=default_workers(), metavar="N",
-        help="worker processes for a large log (default: the CPUs available, %(default)s here)",
+        help="worker processes for a large log, one per 32 MiB at most (default: the CPUs available, %(default)s here)",
     )
 
 
