@@ -1,7 +1,9 @@
 """Turn the grammar's token stream into call records, accounting for every line.
 
-Clean records (the grammar's fast path) become a `RawCall` at once.  Everything else
-arrives line by line (a run of body lines in one piece) and goes through a small state
+Clean records (the grammar's fast path) are cut into columns a block at a time
+(``grammars.blocks``) and handed on as a frame of rows; when a slow-path record may still
+claim their lines they are taken one by one as the grammar's ``record`` tokens.  Everything
+else arrives line by line (a run of body lines in one piece) and goes through a small state
 machine that follows the spy's own rules (format notes §6-§8):
 
 * a header opens a record; it stays *open* until a ``Returned:`` unit closes it;
@@ -29,9 +31,11 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from grammars import spy
+import polars as pl
+
+from grammars import blocks, spy
 from pipeline.processes import ProcessTracker
-from pipeline.records import RawCall
+from pipeline.records import RAW_FRAME_SCHEMA, RawCall
 
 ACTIVE_HEADERS = 32
 MAX_OPEN = 64
@@ -131,9 +135,16 @@ class Start:
 class Assembler:
     """Per-source state: banners and processes, open records, counts and coverage."""
 
-    def __init__(self, source: str, emit: Callable[[RawCall], None], start: Start = Start()) -> None:
+    def __init__(
+        self,
+        source: str,
+        emit: Callable[[RawCall], None],
+        start: Start = Start(),
+        emit_frame: Callable[[pl.DataFrame], None] | None = None,
+    ) -> None:
         self.source = source
         self.emit = emit
+        self.emit_frame = emit_frame or self._emit_rows
         self.coverage = Coverage()
         self.counts = Counts()
         self.dialects: set[str] = set()
@@ -149,9 +160,23 @@ class Assembler:
     # --- feeding ---
 
     def feed(self, text: str) -> None:
-        """Consume one block of text that starts at a line start and ends after a newline."""
+        """Consume one block of text that starts at a line start and ends after a newline.
+
+        Runs of clean pieces (``grammars.blocks``) take the fast path; the text of the
+        pieces between them is scanned by the grammar as a whole.
+        """
         self.dialects |= spy.dialect_hints(text)
-        self.line = self._tokens(text, self.line)
+        pieces, parts = blocks.cut_pieces(text)
+        starts, ends = pieces["start"].to_list(), pieces["end"].to_list()
+        line, index, part = self.line, 0, 0
+        for length, clean in pieces["clean"].rle().struct.unnest().iter_rows():
+            if clean:
+                line = self._clean_run(text, pieces.slice(index, length), parts.slice(part, length), line)
+                part += length
+            else:
+                line = self._tokens(text[starts[index] : ends[index + length - 1]], line)
+            index += length
+        self.line = line
 
     def _tokens(self, text: str, line: int, records: bool = True) -> int:
         """Consume the grammar's tokens of ``text``; returns the line number reached."""
@@ -193,6 +218,56 @@ class Assembler:
             self._close(record)
 
     # --- the fast path ---
+
+    def _clean_run(self, text: str, pieces: pl.DataFrame, parts: pl.DataFrame, line: int) -> int:
+        """Consecutive clean records; returns the line number reached.
+
+        While a slow-path record is still active one of them may overlap it, so those are
+        taken one at a time (`_record`); fast records change neither the open records nor
+        their activity, so once none is active the rest of the run goes as one frame.
+        """
+        taken = 0
+        while taken < pieces.height and self._open and self._headers - self._activity <= ACTIVE_HEADERS:
+            start, end = pieces.row(taken)[:2]
+            line = self._record(text, start, end, line)
+            taken += 1
+        if taken < pieces.height:
+            line = self._clean_records(pieces.slice(taken), parts.slice(taken), line)
+        return line
+
+    def _clean_records(self, pieces: pl.DataFrame, parts: pl.DataFrame, line: int) -> int:
+        """Emit clean records that overlap no active call as one frame (what `_fast_record`
+        does for each); returns the line number reached."""
+        nlines = pieces["nlines"]
+        before = nlines.cum_sum().shift(1, fill_value=0) + line  # lines before each record's blank line
+        self._headers += parts.height
+        rows = parts.with_columns(
+            pl.lit(self.source).alias("source"),
+            self.tracker.headers(parts["seq"], parts["pid"]).alias("process"),
+            (before + 2).alias("line"),
+            pl.lit(True).alias("complete"),
+            (before + nlines).alias("end_line"),
+            pl.lit(False).alias("uncertain"),
+        ).select(RAW_FRAME_SCHEMA.names())
+        rows_nlines = nlines
+        if self.own_from > line + 2 or self.own_to < line + 2 + int(nlines.sum()):
+            owned = rows["line"].is_between(self.own_from, self.own_to)
+            rows, rows_nlines = rows.filter(owned), nlines.filter(owned)
+        if rows.height:
+            counts, coverage = self.counts, self.coverage
+            counts.records += rows.height
+            counts.complete += rows.height
+            coverage.lines += int(rows_nlines.sum())
+            coverage.blank_lines += rows.height  # the separator line in front of each header
+            coverage.record_lines += int(rows_nlines.sum()) - rows.height
+            self.processes_used.update(rows["process"].unique().to_list())
+            self.emit_frame(rows.cast(RAW_FRAME_SCHEMA))
+        return line + int(nlines.sum())
+
+    def _emit_rows(self, rows: pl.DataFrame) -> None:
+        """Hand on a frame of rows one `RawCall` at a time (for a consumer that takes no frames)."""
+        for row in rows.iter_rows():
+            self.emit(RawCall(*row))
 
     def _record(self, text: str, start: int, end: int, line: int) -> int:
         """A record ``text[start:end]``: one row at once if it is clean and overlaps no active

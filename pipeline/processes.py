@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import polars as pl
+
 
 @dataclass
 class ProcessTracker:
@@ -55,6 +57,32 @@ class ProcessTracker:
     def pid(self, pid: int) -> int:
         """The process of a call that printed ``P:<pid>``."""
         return self.pid_process.setdefault(pid, self.process)
+
+    def headers(self, seqs: pl.Series, pids: pl.Series) -> pl.Series:
+        """The process of each of consecutive headers (`header`, then `pid` where one was printed).
+
+        No banner comes between them, and a stretch that continues one counter (n, n+1, ...)
+        stays with the process of its first header: that process expects each next value and
+        wrote the previous call, which is what `header` decides by.  So `header` runs once per
+        stretch, not once per call.
+        """
+        stretch = (seqs.diff() != 1).fill_null(True).cum_sum() - 1
+        bounds = pl.DataFrame({"seq": seqs, "stretch": stretch}).group_by("stretch", maintain_order=True).agg(
+            pl.col("seq").first().alias("first"), pl.col("seq").last().alias("last")
+        )
+        of_stretch = []
+        for first, last in zip(bounds["first"].to_list(), bounds["last"].to_list()):
+            process = self.header(first)
+            if last != first:
+                self._expect(process, last + 1)
+            of_stretch.append(process)
+        process = pl.Series(of_stretch, dtype=pl.Int32).gather(stretch)
+        if pids.null_count() == len(pids):
+            return process
+        of_pid = {pid: self.pid(pid) for pid in pids.drop_nulls().unique(maintain_order=True).to_list()}
+        return pl.select(
+            pl.when(pids.is_not_null()).then(pids.replace_strict(of_pid, default=None, return_dtype=pl.Int32)).otherwise(process)
+        ).to_series()
 
     def copy(self) -> ProcessTracker:
         return ProcessTracker(self.process, self.seen, self.last_pidless, dict(self.next_seq), dict(self.pid_process))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import polars as pl
 import pyarrow as pa
 from pkcs11.constants import UserType
 from pkcs11.mechanisms import Mechanism
@@ -77,6 +78,9 @@ RAW_SCHEMA = pa.schema(
     [CALLS_SCHEMA.field(name).with_type(pa.string()) if name == "ts" else CALLS_SCHEMA.field(name) for name in RawCall._fields[:-1]]
     + [pa.field("body", pa.large_string(), nullable=False)]
 )
+
+RAW_FRAME_SCHEMA = pl.from_arrow(RAW_SCHEMA.empty_table()).schema
+"""`RawCall` rows as a Polars frame (how the fast path hands clean records on, a block at a time)."""
 
 
 def mechanism_name(text: str) -> str:
