@@ -4,9 +4,11 @@ The trace is read as Latin-1 text with ``\r\n`` folded to ``\n``; every pattern 
 (``re.ASCII``): ``\s`` is the spy's whitespace, not a Latin-1 byte such as 0xA0.  It is scanned as a
 sequence of *tokens*: a whole clean call record, else a run of body lines, else one line::
 
-    trace        = { record | body-run | line } ;
+    trace        = { record | body-run | known-lines | line } ;
     record       = blank header timestamp { body-line } returned ;      (* the fast path *)
     body-run     = body-line { body-line } ;                   (* body lines outside a clean record *)
+    known-lines  = [ blank ] ( header | timestamp | returned ) NL { ( header | timestamp | returned ) NL }
+                 | blank ;                                 (* kinds told by `known_kind`, not the line grammar *)
     line         = { any-char - NL } NL ;                               (* the slow path *)
 
     blank        = NL ;
@@ -95,13 +97,20 @@ _BODY_START = "(?:" + "|".join(BODY_STARTS) + ")"
 # A body line that holds nothing of another call: no ``Returned:`` and no timestamp glued to it.
 BODY_LINE = _BODY_START + r"[^\nR]*(?:R(?!eturned:)[^\nR]*)*(?<!:\d\d\.\d{3})\n"
 # In a record the same two checks are left to `is_clean_body`, once per body (3x faster).
+_NO_GROUPS = re.compile(r"(?<!\\)\((?!\?)")  # a capturing group's "(", made "(?:" where only the span counts
 RECORD_PATTERN = r"\n" + HEADER + r"\n" + TS + r"\n(?:" + _BODY_START + r"[^\n]*\n)*" + RETURNED + r"(?:\n|\Z)"
-RECORDS_PATTERN = r"(?P<records>(?:" + re.sub(r"(?<!\\)\((?!\?)", "(?:", RECORD_PATTERN) + r")+)"
+RECORDS_PATTERN = r"(?P<records>(?:" + _NO_GROUPS.sub("(?:", RECORD_PATTERN) + r")+)"
 BODY_RUN_PATTERN = r"(?P<run>(?:" + BODY_LINE + r")+)"
 LINE_PATTERN = r"[^\n]*\n|[^\n]+\Z"
-TOKEN_RE = re.compile(RECORDS_PATTERN + "|" + BODY_RUN_PATTERN + "|" + LINE_PATTERN, re.ASCII)
+# Whole header, timestamp and ``Returned:`` lines (after a blank line where no record starts)
+# are one token, their kinds told by `known_kind`, so that the slow path needs no grammar
+# call per line to classify them (`classify` would say the same).
+KNOWN_LINES_PATTERN = (
+    r"(?P<known>\n?(?:(?:" + "|".join(_NO_GROUPS.sub("(?:", p) for p in (HEADER, TS, RETURNED)) + r")\n)+)|(?P<blank>\n)"
+)
+TOKEN_RE = re.compile(RECORDS_PATTERN + "|" + BODY_RUN_PATTERN + "|" + KNOWN_LINES_PATTERN + "|" + LINE_PATTERN, re.ASCII)
 """Consecutive records (``records``), else a run of body lines (``run``), else one line."""
-SLOW_TOKEN_RE = re.compile(BODY_RUN_PATTERN + "|" + LINE_PATTERN, re.ASCII)
+SLOW_TOKEN_RE = re.compile(BODY_RUN_PATTERN + "|" + KNOWN_LINES_PATTERN + "|" + LINE_PATTERN, re.ASCII)
 """The tokens of a record's text that cannot be kept whole."""
 
 _GLUED_TS_RE = re.compile(r":\d\d\.\d{3}\n", re.ASCII)
@@ -166,7 +175,8 @@ def scan(text: str, records: bool = True):
     """Token stream of trace text: records whole (unless ``records`` is False), body runs, lines.
 
     Yields ``(re.Match, start, end)``; ``match.lastgroup`` is ``"records"`` for consecutive
-    records (`split_records` cuts them apart), ``"run"`` for a body run, None for a line.
+    records (`split_records` cuts them apart), ``"run"`` for a body run, ``"known"`` for
+    header, timestamp and ``Returned:`` lines (`known_kind`), ``"blank"``, None for another line.
     """
     scanner = SCANNER if records else SLOW_SCANNER
     for tokens, start, end in scanner.scan_string(text, always_skip_whitespace=False):
@@ -230,6 +240,17 @@ def classify(unit: str) -> tuple[str, re.Match[str] | None]:
     kind = _KIND_OF_GROUP[match.lastgroup]
     fields = _FIELDS_OF.get(kind)
     return kind, (fields.match(unit) if fields is not None else match)
+
+
+def known_kind(line: str) -> tuple[str, re.Match[str] | None]:
+    """`classify` of a line of a ``known`` token (a header, timestamp, ``Returned:`` or blank line)."""
+    if not line:
+        return "blank", None
+    for kind in ("returned", "header", "timestamp"):
+        match = _FIELDS_OF[kind].fullmatch(line)
+        if match is not None:
+            return kind, match
+    raise ValueError(f"not a known line: {line!r}")
 
 
 _GLUED_TAIL_RE = re.compile(r"(.+?)(" + RETURNED + r"|" + TS + r")\Z", re.ASCII)

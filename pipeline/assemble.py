@@ -31,6 +31,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import polars as pl
 
 from grammars import blocks, spy
@@ -109,6 +110,27 @@ def _same_process(record: _Open, pid: int | None) -> bool:
     return record.pid is None or pid is None or record.pid == pid
 
 
+class _FastRows:
+    """Which clean records of a block take the fast path, and the process each belongs to."""
+
+    def __init__(self, size: int) -> None:
+        self.mask = np.zeros(size, dtype=bool)
+        self.process = np.zeros(size, dtype=np.int32)
+        self.taken = 0
+
+    def add(self, first: int, stretches: list[tuple[int, int]]) -> None:
+        """Records ``first``, ``first + 1``, ...: ``(process, count)`` for each stretch of them."""
+        stop = first + sum(count for _, count in stretches)
+        self.mask[first:stop] = True
+        self.process[first:stop] = np.repeat([p for p, _ in stretches], [count for _, count in stretches])
+        self.taken += stop - first
+
+    def add_one(self, record: int, process: int) -> None:
+        self.mask[record] = True
+        self.process[record] = process
+        self.taken += 1
+
+
 @dataclass(frozen=True)
 class Start:
     """Where an assembler starts in its source, for parsing a part of a file.
@@ -159,24 +181,47 @@ class Assembler:
 
     # --- feeding ---
 
-    def feed(self, text: str) -> None:
+    def feed(self, text: str, cut: blocks.Cut | None = None) -> None:
         """Consume one block of text that starts at a line start and ends after a newline.
 
-        Runs of clean pieces (``grammars.blocks``) take the fast path; the text of the
-        pieces between them is scanned by the grammar as a whole.
+        Runs of clean pieces (its ``cut``, made here if not given: `blocks.cut_ahead`) take
+        the fast path; the text of the pieces between them is scanned by the grammar.
         """
         self.dialects |= spy.dialect_hints(text)
-        pieces, parts = blocks.cut_pieces(text)
-        starts, ends = pieces["start"].to_list(), pieces["end"].to_list()
-        line, index, part = self.line, 0, 0
+        pieces, parts = cut or blocks.cut_pieces(text)
+        starts, ends, before, nlines = (pieces[name].to_list() for name in ("start", "end", "before", "nlines"))
+        seqs, pids = parts["seq"].to_list(), parts["pid"].to_list()
+        block_start, fast = self.line, _FastRows(parts.height)
+        line, index, part = block_start, 0, 0
         for length, clean in pieces["clean"].rle().struct.unnest().iter_rows():
-            if clean:
-                line = self._clean_run(text, pieces.slice(index, length), parts.slice(part, length), line)
-                part += length
-            else:
+            if not clean:
                 line = self._tokens(text[starts[index] : ends[index + length - 1]], line)
+                index += length
+                continue
+            taken = 0
+            while taken < length and self._open and self._headers - self._activity <= ACTIVE_HEADERS:
+                this, record = part + taken, index + taken
+                if self._overlaps_active(pids[this]):  # as `_fast_record` decides
+                    line = self._tokens(text[starts[record] : ends[record]], line, records=False)
+                else:
+                    self._headers += 1
+                    fast.add_one(this, self.tracker.header(seqs[this]))
+                    if pids[this] is not None:
+                        self.tracker.pid(pids[this])
+                    line += nlines[record]
+                taken += 1
+            if taken < length:
+                first, stop = part + taken, part + length
+                self._headers += stop - first
+                fast.add(first, self.tracker.headers(seqs[first:stop]))
+                for pid in set(pids[first:stop]) - {None}:
+                    self.tracker.pid(pid)
+                line = block_start + before[index + length - 1] + nlines[index + length - 1]
             index += length
+            part += length
         self.line = line
+        if fast.taken:
+            self._clean_records(parts, fast, block_start)
 
     def _tokens(self, text: str, line: int, records: bool = True) -> int:
         """Consume the grammar's tokens of ``text``; returns the line number reached."""
@@ -187,6 +232,10 @@ class Assembler:
                     line = self._record(text, record_start, record_end, line)
             elif kind == "run":
                 line = self._body_run(text, start, end, line)
+            elif kind is not None:  # whole lines whose kinds need no grammar call
+                for one in text[start : end - 1].split("\n"):
+                    line += 1
+                    self._slow_line(one, line, spy.known_kind(one))
             else:
                 line = self._slow_lines(text, start, end, line)
         return line
@@ -219,50 +268,30 @@ class Assembler:
 
     # --- the fast path ---
 
-    def _clean_run(self, text: str, pieces: pl.DataFrame, parts: pl.DataFrame, line: int) -> int:
-        """Consecutive clean records; returns the line number reached.
-
-        While a slow-path record is still active one of them may overlap it, so those are
-        taken one at a time (`_record`); fast records change neither the open records nor
-        their activity, so once none is active the rest of the run goes as one frame.
-        """
-        taken = 0
-        while taken < pieces.height and self._open and self._headers - self._activity <= ACTIVE_HEADERS:
-            start, end = pieces.row(taken)[:2]
-            line = self._record(text, start, end, line)
-            taken += 1
-        if taken < pieces.height:
-            line = self._clean_records(pieces.slice(taken), parts.slice(taken), line)
-        return line
-
-    def _clean_records(self, pieces: pl.DataFrame, parts: pl.DataFrame, line: int) -> int:
-        """Emit clean records that overlap no active call as one frame (what `_fast_record`
-        does for each); returns the line number reached."""
-        nlines = pieces["nlines"]
-        before = nlines.cum_sum().shift(1, fill_value=0) + line  # lines before each record's blank line
-        self._headers += parts.height
+    def _clean_records(self, parts: pl.DataFrame, fast: _FastRows, block_start: int) -> None:
+        """Emit a block's clean records that overlapped no active call as one frame (what
+        `_fast_record` does for each, their processes already decided)."""
+        before = pl.col("before") + block_start  # lines before each record's blank line
+        pid_process = pl.col("pid").replace_strict(self.tracker.pid_process, default=None, return_dtype=pl.Int32)
         rows = parts.with_columns(
             pl.lit(self.source).alias("source"),
-            self.tracker.headers(parts["seq"], parts["pid"]).alias("process"),
+            pl.coalesce(pid_process, pl.Series(fast.process)).alias("process"),
             (before + 2).alias("line"),
             pl.lit(True).alias("complete"),
-            (before + nlines).alias("end_line"),
+            (before + pl.col("nlines")).alias("end_line"),
             pl.lit(False).alias("uncertain"),
-        ).select(RAW_FRAME_SCHEMA.names())
-        rows_nlines = nlines
-        if self.own_from > line + 2 or self.own_to < line + 2 + int(nlines.sum()):
-            owned = rows["line"].is_between(self.own_from, self.own_to)
-            rows, rows_nlines = rows.filter(owned), nlines.filter(owned)
-        if rows.height:
-            counts, coverage = self.counts, self.coverage
-            counts.records += rows.height
-            counts.complete += rows.height
-            coverage.lines += int(rows_nlines.sum())
-            coverage.blank_lines += rows.height  # the separator line in front of each header
-            coverage.record_lines += int(rows_nlines.sum()) - rows.height
-            self.processes_used.update(rows["process"].unique().to_list())
-            self.emit_frame(rows.cast(RAW_FRAME_SCHEMA))
-        return line + int(nlines.sum())
+        ).filter(pl.Series(fast.mask) & pl.col("line").is_between(self.own_from, self.own_to))
+        if not rows.height:
+            return
+        nlines = int(rows["nlines"].sum())
+        counts, coverage = self.counts, self.coverage
+        counts.records += rows.height
+        counts.complete += rows.height
+        coverage.lines += nlines
+        coverage.blank_lines += rows.height  # the separator line in front of each header
+        coverage.record_lines += nlines - rows.height
+        self.processes_used.update(rows["process"].unique().to_list())
+        self.emit_frame(rows.select(RAW_FRAME_SCHEMA.names()).cast(RAW_FRAME_SCHEMA))
 
     def _emit_rows(self, rows: pl.DataFrame) -> None:
         """Hand on a frame of rows one `RawCall` at a time (for a consumer that takes no frames)."""
@@ -288,7 +317,7 @@ class Assembler:
         seq, func, pid, tid, ts, body, rv, rv_name = parts
         if not spy.is_clean_body(body):
             return False
-        if self._open and any(_same_process(other, pid) for other in self._active()):
+        if self._overlaps_active(pid):
             return False
         self._headers += 1
         process = self.tracker.header(seq)
@@ -296,6 +325,10 @@ class Assembler:
             process = self.tracker.pid(pid)
         self._emit(seq, func, line + 2, process, pid, tid, ts, rv, rv_name, body, line + nlines, False)
         return True
+
+    def _overlaps_active(self, pid: int | None) -> bool:
+        """A record of this pid would overlap an active slow-path record of its process."""
+        return bool(self._open) and any(_same_process(other, pid) for other in self._active())
 
     # --- the slow path ---
 
@@ -326,14 +359,15 @@ class Assembler:
             coverage.add_unparsed(max(first, self.own_from), min(last, self.own_to))
         return last
 
-    def _slow_line(self, text: str, line: int) -> None:
+    def _slow_line(self, text: str, line: int, known: tuple[str, re.Match[str] | None] | None = None) -> None:
+        """One line; ``known``: its kind and fields, when the scanner told them (a whole line, one unit)."""
         owned = self.own_from <= line <= self.own_to
         coverage = self.coverage
         coverage.lines += owned
-        units = spy.split_units(text) if text else [text]
+        units = [text] if known or not text else spy.split_units(text)
         used = False
         for unit in units:
-            kind, match = spy.classify(unit)
+            kind, match = known or spy.classify(unit)
             if kind == "header" and len(units) > 1:
                 kind = "foreign"  # a header is a whole line (its unit starts and ends with a newline)
             if kind == "blank":
@@ -401,7 +435,8 @@ class Assembler:
     def _active(self) -> list[_Open]:
         if self._headers - self._activity > ACTIVE_HEADERS:
             return []  # no open record received anything lately (the common case: skip the scan)
-        return [r for r in self._open if self._headers - r.active_at <= ACTIVE_HEADERS]
+        since = self._headers - ACTIVE_HEADERS
+        return [r for r in self._open if r.active_at >= since]
 
     def _thread_moved_on(self, current: _Open) -> None:
         """A thread makes one call at a time: when it starts another, its previous call returned.
@@ -427,9 +462,9 @@ class Assembler:
         """Close a record; it is emitted once no call it overlapped could still claim its Returned."""
         self._open.remove(record)
         self._held.append(record)
-        claimants = [r for r in self._active() if r.tid is not None]
+        claimants = {r for r in self._active() if r.tid is not None}
         for held in list(self._held):
-            if not any(other in claimants for other in held.overlaps):
+            if not claimants or claimants.isdisjoint(held.overlaps):
                 self._held.remove(held)
                 self._emit_open(held)
 

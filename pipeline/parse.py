@@ -25,6 +25,7 @@ from pipeline import parallel
 from pipeline.assemble import Assembler, Counts, Coverage
 from pipeline.errors import InputError
 from pipeline.store import CallsWriter, atomic_path, collection_per_batch, ensure_dir, write_json
+from grammars.blocks import cut_ahead
 from pipeline.stream import iter_blocks
 
 log = logging.getLogger(__name__)
@@ -95,10 +96,10 @@ def parse_source(
         if on_bytes is not None:
             on_bytes(n)
 
-    assembler = Assembler(path, writer.rows.append)
+    assembler = Assembler(path, writer.rows.append, emit_frame=writer.add_frame)
     with _open_input(path) as stream:
-        for block in iter_blocks(stream, digest, count):
-            assembler.feed(block)
+        for block, cut in cut_ahead(iter_blocks(stream, digest, count)):
+            assembler.feed(block, cut)
             writer.flush_if_full(len(block))
     assembler.finish()
     return _report(path, size, digest.hexdigest(), assembler.counts, assembler.coverage, assembler.dialects, assembler.processes)

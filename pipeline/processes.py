@@ -17,8 +17,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import polars as pl
-
 
 @dataclass
 class ProcessTracker:
@@ -58,31 +56,26 @@ class ProcessTracker:
         """The process of a call that printed ``P:<pid>``."""
         return self.pid_process.setdefault(pid, self.process)
 
-    def headers(self, seqs: pl.Series, pids: pl.Series) -> pl.Series:
-        """The process of each of consecutive headers (`header`, then `pid` where one was printed).
+    def headers(self, seqs: list[int]) -> list[tuple[int, int]]:
+        """`header` for consecutive headers, as ``(process, count)`` per stretch of them.
 
         No banner comes between them, and a stretch that continues one counter (n, n+1, ...)
         stays with the process of its first header: that process expects each next value and
         wrote the previous call, which is what `header` decides by.  So `header` runs once per
         stretch, not once per call.
         """
-        stretch = (seqs.diff() != 1).fill_null(True).cum_sum() - 1
-        bounds = pl.DataFrame({"seq": seqs, "stretch": stretch}).group_by("stretch", maintain_order=True).agg(
-            pl.col("seq").first().alias("first"), pl.col("seq").last().alias("last")
-        )
-        of_stretch = []
-        for first, last in zip(bounds["first"].to_list(), bounds["last"].to_list()):
-            process = self.header(first)
-            if last != first:
-                self._expect(process, last + 1)
-            of_stretch.append(process)
-        process = pl.Series(of_stretch, dtype=pl.Int32).gather(stretch)
-        if pids.null_count() == len(pids):
-            return process
-        of_pid = {pid: self.pid(pid) for pid in pids.drop_nulls().unique(maintain_order=True).to_list()}
-        return pl.select(
-            pl.when(pids.is_not_null()).then(pids.replace_strict(of_pid, default=None, return_dtype=pl.Int32)).otherwise(process)
-        ).to_series()
+        stretches = []
+        first, size = 0, len(seqs)
+        while first < size:
+            stop = first + 1
+            while stop < size and seqs[stop] == seqs[stop - 1] + 1:
+                stop += 1
+            process = self.header(seqs[first])
+            if stop - first > 1:
+                self._expect(process, seqs[stop - 1] + 1)
+            stretches.append((process, stop - first))
+            first = stop
+        return stretches
 
     def copy(self) -> ProcessTracker:
         return ProcessTracker(self.process, self.seen, self.last_pidless, dict(self.next_seq), dict(self.pid_process))

@@ -11,7 +11,7 @@ import contextlib
 import gc
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -101,11 +101,15 @@ def write_json(path: Path, payload: object) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def records_frame(rows: list[RawCall]) -> pl.DataFrame:
-    """A batch of raw calls as a Polars frame with the ``calls`` schema (bodies read, then dropped)."""
+def records_frame(rows: list[RawCall], frames: Sequence[pl.DataFrame] = ()) -> pl.DataFrame:
+    """A batch of raw calls as a Polars frame with the ``calls`` schema (bodies read, then dropped).
+
+    ``frames`` are more raw calls already in columns (``RAW_FRAME_SCHEMA``: the fast path's).
+    """
     columns = list(zip(*rows)) if rows else [[] for _ in RAW_SCHEMA]
     arrays = [pa.array(column, type=field.type) for column, field in zip(columns, RAW_SCHEMA)]
-    frame = read_fields(pl.from_arrow(pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)))
+    raw = pl.concat([pl.from_arrow(pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)), *frames])
+    frame = read_fields(raw)
     return frame.with_columns(pl.col("ts").str.to_datetime(TS_FORMAT, time_unit="ms", strict=False)).select(CALLS_SCHEMA.names)
 
 
@@ -114,9 +118,22 @@ def _arrow(frame: pl.DataFrame) -> pa.Table:
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(CALLS_SCHEMA)
 
 
-def _in_line_order(frame: pl.DataFrame) -> pl.DataFrame:
-    """Rows by line within each source; sources in the order they first appear."""
-    return frame.sort(pl.int_range(pl.len()).min().over("source"), "line")
+def _in_line_order(frame: pl.DataFrame, sources: dict[str, int] | None = None) -> pl.DataFrame:
+    """Rows by line within each source; sources by their rank in ``sources``, else in the
+    order they first appear."""
+    if sources is None:
+        return frame.sort(pl.int_range(pl.len()).min().over("source"), "line")
+    return frame.sort(pl.col("source").replace_strict(sources, return_dtype=pl.Int64), "line")
+
+
+def _source_ranks(batch: list[list[RawCall] | pl.DataFrame]) -> dict[str, int]:
+    """Each source's rank by its first row in the batch (rows and frames are converted apart)."""
+    ranks: dict[str, int] = {}
+    for segment in batch:
+        names = segment["source"].unique(maintain_order=True) if isinstance(segment, pl.DataFrame) else (r.source for r in segment)
+        for name in names:
+            ranks.setdefault(name, len(ranks))
+    return ranks
 
 
 class CallsWriter:
@@ -138,6 +155,8 @@ class CallsWriter:
     def __init__(self, path: Path, batch_rows: int | None = None) -> None:
         self.path = path
         self.rows: list[RawCall] = []
+        self._segments: list[list[RawCall] | pl.DataFrame] = []  # rows and frames, in the order they came
+        self._frame_rows = 0
         self.batch_rows = batch_rows or BATCH_ROWS
         self.written = 0
         self._text = 0  # bytes of input read since the last hand-off: bounds the bodies held
@@ -151,12 +170,21 @@ class CallsWriter:
         """Hand off the batch once it has ``batch_rows`` rows or ``BATCH_TEXT`` bytes of input
         went into it (``text_read``: bytes read since the last call), whichever comes first."""
         self._text += text_read
-        if len(self.rows) >= self.batch_rows or (self._text >= BATCH_TEXT and self.rows):
+        held = len(self.rows) + self._frame_rows
+        if held >= self.batch_rows or (self._text >= BATCH_TEXT and held):
             self._hand_off()
+
+    def add_frame(self, frame: pl.DataFrame) -> None:
+        """Collect raw calls that come in columns (``RAW_FRAME_SCHEMA``), after the rows so far."""
+        if self.rows:
+            self._segments.append(self.rows[:])
+            self.rows.clear()
+        self._segments.append(frame)
+        self._frame_rows += frame.height
 
     def flush(self) -> None:
         """Write every row collected so far (returns once they are in the file)."""
-        if self.rows:
+        if self.rows or self._segments:
             self._hand_off()
         self._wait()
         self._write_late()
@@ -169,16 +197,18 @@ class CallsWriter:
             self.parquet.close()
 
     def _hand_off(self) -> None:
-        batch = self.rows[:]
+        batch = [*self._segments, self.rows[:]]
         self.rows.clear()  # the same list: producers hold its bound ``append``
-        self._text = 0
+        self._segments, self._frame_rows, self._text = [], 0, 0
         self._wait()
         gc.collect()  # the parse runs with automatic collection paused (`collection_per_batch`)
         self._in_flight = self._thread.submit(self._write, batch)
-        self.written += len(batch)
+        self.written += sum(len(segment) for segment in batch)
 
-    def _write(self, batch: list[RawCall]) -> None:
-        frame = _in_line_order(records_frame(batch))
+    def _write(self, batch: list[list[RawCall] | pl.DataFrame]) -> None:
+        rows = [row for segment in batch if isinstance(segment, list) for row in segment]
+        frames = [segment for segment in batch if isinstance(segment, pl.DataFrame)]
+        frame = _in_line_order(records_frame(rows, frames), _source_ranks(batch))
         behind = pl.col("line") <= pl.col("source").replace_strict(self._reached, default=0, return_dtype=pl.Int64)
         late = frame.filter(behind)
         frame = frame.filter(~behind)
