@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import re
 import sys
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -36,7 +37,7 @@ import polars as pl
 
 from grammars import blocks, spy
 from pipeline.processes import ProcessTracker
-from pipeline.records import RAW_FRAME_SCHEMA, RawCall
+from pipeline.records import RAW_FRAME_SCHEMA, CleanRows, RawCall
 
 ACTIVE_HEADERS = 32
 MAX_OPEN = 64
@@ -162,7 +163,7 @@ class Assembler:
         source: str,
         emit: Callable[[RawCall], None],
         start: Start = Start(),
-        emit_frame: Callable[[pl.DataFrame], None] | None = None,
+        emit_frame: Callable[[CleanRows], None] | None = None,
     ) -> None:
         self.source = source
         self.emit = emit
@@ -176,6 +177,8 @@ class Assembler:
         self.processes_used: set[int] = set()
         self._open: list[_Open] = []
         self._held: list[_Open] = []  # closed, but a call they overlapped may still claim their Returned
+        self._recent: dict[_Open, None] = {}  # the open records, least recently active first (`_active`)
+        self._threads: Counter[tuple[int, int]] = Counter()  # open records per (pid, tid)
         self._headers = 0
         self._activity = -ACTIVE_HEADERS - 1  # header count when an open record last received a unit
 
@@ -202,7 +205,7 @@ class Assembler:
             while taken < length and self._open and self._headers - self._activity <= ACTIVE_HEADERS:
                 this, record = part + taken, index + taken
                 if self._overlaps_active(pids[this]):  # as `_fast_record` decides
-                    line = self._tokens(text[starts[record] : ends[record]], line, records=False)
+                    line = self._clean_slow(text, starts[record], ends[record], line)
                 else:
                     self._headers += 1
                     fast.add_one(this, self.tracker.header(seqs[this]))
@@ -269,42 +272,64 @@ class Assembler:
     # --- the fast path ---
 
     def _clean_records(self, parts: pl.DataFrame, fast: _FastRows, block_start: int) -> None:
-        """Emit a block's clean records that overlapped no active call as one frame (what
-        `_fast_record` does for each, their processes already decided)."""
-        before = pl.col("before") + block_start  # lines before each record's blank line
-        pid_process = pl.col("pid").replace_strict(self.tracker.pid_process, default=None, return_dtype=pl.Int32)
-        rows = parts.with_columns(
-            pl.lit(self.source).alias("source"),
-            pl.coalesce(pid_process, pl.Series(fast.process)).alias("process"),
-            (before + 2).alias("line"),
-            pl.lit(True).alias("complete"),
-            (before + pl.col("nlines")).alias("end_line"),
-            pl.lit(False).alias("uncertain"),
-        ).filter(pl.Series(fast.mask) & pl.col("line").is_between(self.own_from, self.own_to))
-        if not rows.height:
-            return
-        nlines = int(rows["nlines"].sum())
-        counts, coverage = self.counts, self.coverage
-        counts.records += rows.height
-        counts.complete += rows.height
-        coverage.lines += nlines
-        coverage.blank_lines += rows.height  # the separator line in front of each header
-        coverage.record_lines += nlines - rows.height
-        self.processes_used.update(rows["process"].unique().to_list())
-        self.emit_frame(rows.select(RAW_FRAME_SCHEMA.names()).cast(RAW_FRAME_SCHEMA))
+        """Emit a block's clean records that overlapped no active call (what `_fast_record`
+        does for each, their processes already decided), in columns.
 
-    def _emit_rows(self, rows: pl.DataFrame) -> None:
-        """Hand on a frame of rows one `RawCall` at a time (for a consumer that takes no frames)."""
-        for row in rows.iter_rows():
+        Counts and coverage are taken here with numpy; the rows themselves are a lazy frame
+        that the consumer materializes (the writer does so on its own thread).
+        """
+        before = parts["before"].to_numpy() + block_start  # lines before each record's blank line
+        keep = fast.mask & (before + 2 >= self.own_from) & (before + 2 <= self.own_to)
+        taken = int(keep.sum())
+        if not taken:
+            return
+        process = fast.process
+        pids = parts["pid"].fill_null(-1).to_numpy()
+        with_pid = keep & (pids >= 0)
+        if with_pid.any():  # 0.24+: the process a pid was first seen under
+            known = np.unique(pids[with_pid])
+            process = process.copy()
+            process[with_pid] = np.array([self.tracker.pid_process[p] for p in known.tolist()], dtype=np.int32)[
+                np.searchsorted(known, pids[with_pid])
+            ]
+        nlines = int(parts["nlines"].to_numpy()[keep].sum())
+        counts, coverage = self.counts, self.coverage
+        counts.records += taken
+        counts.complete += taken
+        coverage.lines += nlines
+        coverage.blank_lines += taken  # the separator line in front of each header
+        coverage.record_lines += nlines - taken
+        self.processes_used.update(np.unique(process[keep]).tolist())
+        rows = (
+            parts.lazy()
+            .with_columns(pl.Series("process", process), pl.Series("keep", keep))
+            .filter("keep")
+            .with_columns(
+                pl.lit(self.source).alias("source"),
+                (pl.col("before") + block_start + 2).alias("line"),
+                pl.lit(True).alias("complete"),
+                (pl.col("before") + block_start + pl.col("nlines")).alias("end_line"),
+                pl.lit(False).alias("uncertain"),
+            )
+            .select(RAW_FRAME_SCHEMA.names())
+            .cast(RAW_FRAME_SCHEMA)
+        )
+        self.emit_frame(CleanRows(self.source, taken, rows))
+
+    def _emit_rows(self, rows: CleanRows) -> None:
+        """Hand on clean rows one `RawCall` at a time (for a consumer that takes no frames)."""
+        for row in rows.frame.collect().iter_rows():
             self.emit(RawCall(*row))
 
     def _record(self, text: str, start: int, end: int, line: int) -> int:
         """A record ``text[start:end]``: one row at once if it is clean and overlaps no active
         call of its process, else its text takes the slow path.  Returns the line number reached."""
         nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
-        record = text[start:end]
-        if not self._fast_record(spy.record_parts(record), line, nlines):
-            return self._tokens(record, line, records=False)
+        parts = spy.record_parts(text[start:end])
+        if not spy.is_clean_body(parts.body):
+            return self._tokens(text[start:end], line, records=False)
+        if not self._fast_record(parts, line, nlines):
+            return self._clean_slow(text, start, end, line)
         if self.own_from <= line + 2 <= self.own_to:
             coverage = self.coverage
             coverage.lines += nlines
@@ -315,8 +340,6 @@ class Assembler:
     def _fast_record(self, parts: spy.RecordParts, line: int, nlines: int) -> bool:
         """Emit a clean record that overlaps no active call of its process; False: use the slow path."""
         seq, func, pid, tid, ts, body, rv, rv_name = parts
-        if not spy.is_clean_body(body):
-            return False
         if self._overlaps_active(pid):
             return False
         self._headers += 1
@@ -331,6 +354,25 @@ class Assembler:
         return bool(self._open) and any(_same_process(other, pid) for other in self._active())
 
     # --- the slow path ---
+
+    def _clean_slow(self, text: str, start: int, end: int, line: int) -> int:
+        """A clean record that must take the slow path (it overlaps an active call).
+
+        Scanned without its ``record`` alternative, it is a blank line, its header and
+        timestamp, one body run (its body has no glued unit) and its ``Returned:`` line: those
+        tokens are fed here without scanning.  Returns the line number reached.
+        """
+        header_end = text.index("\n", start + 1)
+        stamp_end = text.index("\n", header_end + 1)
+        returned = text.rindex("\nReturned:  ", start, end) + 1
+        for one in ("", text[start + 1 : header_end], text[header_end + 1 : stamp_end]):
+            line += 1
+            self._slow_line(one, line, spy.known_kind(one))
+        if returned > stamp_end + 1:
+            line = self._body_run(text, stamp_end + 1, returned, line)
+        line += 1
+        self._slow_line(text[returned:end].rstrip("\n"), line, spy.known_kind(text[returned:end].rstrip("\n")))
+        return line
 
     def _slow_lines(self, text: str, start: int, end: int, line: int) -> int:
         """Lines ``text[start:end]`` one by one; returns the line number reached."""
@@ -352,7 +394,7 @@ class Assembler:
         if self._open:
             record = self._open[-1]
             record.body.append(text[start : end - 1])
-            record.active_at = self._activity = self._headers
+            self._touch(record)
             record.end_line = last
             coverage.record_lines += owned
         elif owned:
@@ -407,6 +449,7 @@ class Assembler:
             if match.group(1):
                 record.pid, record.tid = int(match.group(1)), int(match.group(2))
                 record.process = self.tracker.pid(record.pid)
+                self._threads[record.pid, record.tid] += 1
                 self._thread_moved_on(record)
         elif kind == "returned":
             record = next((r for r in reversed(self._open) if r.ts is not None), self._open[-1])
@@ -417,7 +460,7 @@ class Assembler:
         else:
             record = self._open[-1]
             record.body.append(unit)
-        record.active_at = self._activity = self._headers
+        self._touch(record)
         record.end_line = line
         return True
 
@@ -429,14 +472,32 @@ class Assembler:
             other.overlaps.append(record)
             record.overlaps.append(other)
         self._open.append(record)
+        self._recent[record] = None
         if len(self._open) > MAX_OPEN:
             self._close(self._open[0])
 
+    def _touch(self, record: _Open) -> None:
+        """``record`` received a unit: it is the most recently active one."""
+        del self._recent[record]
+        self._recent[record] = None
+        record.active_at = self._activity = self._headers
+
     def _active(self) -> list[_Open]:
+        """The open records that received a unit during the last ``ACTIVE_HEADERS`` calls.
+
+        ``_recent`` is in order of ``active_at`` (always set to the current header count),
+        so only its newest end is read, not every open record (dozens linger in a log with
+        truncated records).
+        """
         if self._headers - self._activity > ACTIVE_HEADERS:
             return []  # no open record received anything lately (the common case: skip the scan)
         since = self._headers - ACTIVE_HEADERS
-        return [r for r in self._open if r.active_at >= since]
+        active = []
+        for record in reversed(self._recent):
+            if record.active_at < since:
+                break
+            active.append(record)
+        return active
 
     def _thread_moved_on(self, current: _Open) -> None:
         """A thread makes one call at a time: when it starts another, its previous call returned.
@@ -444,6 +505,8 @@ class Assembler:
         If that call is still open, its ``Returned:`` was given to an overlapping call of
         another thread; take it back, and let that call wait for the next one.
         """
+        if self._threads[current.pid, current.tid] < 2:
+            return  # no other open call of this thread (the common case: skip the scan)
         for record in [r for r in self._open if r is not current and r.pid == current.pid and r.tid == current.tid]:
             taker = next(
                 (h for h in reversed(self._held) if h.rv is not None and h in record.overlaps and h.tid != record.tid),
@@ -456,11 +519,17 @@ class Assembler:
             taker.rv = taker.rv_name = None
             self._held.remove(taker)
             self._open.insert(self._open.index(record), taker)
+            self._recent = dict.fromkeys(sorted(self._open, key=lambda r: r.active_at))
+            if taker.pid is not None:
+                self._threads[taker.pid, taker.tid] += 1
             self._close(record)
 
     def _close(self, record: _Open) -> None:
         """Close a record; it is emitted once no call it overlapped could still claim its Returned."""
         self._open.remove(record)
+        del self._recent[record]
+        if record.pid is not None:
+            self._threads[record.pid, record.tid] -= 1
         self._held.append(record)
         claimants = {r for r in self._active() if r.tid is not None}
         for held in list(self._held):

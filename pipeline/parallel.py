@@ -192,7 +192,7 @@ def run_task(task: Task) -> PartResult:
 
 def parse_range(task: Task, writer: CallsWriter) -> PartResult:
     """Parse from the warm-up point until every owned record is closed, into ``writer``."""
-    assembler = Assembler(task.path, writer.rows.append, task.start, writer.add_frame)
+    assembler = Assembler(task.path, writer.rows.append, task.start, writer.add_clean)
     with collection_per_batch(), open(task.path, "rb") as fh:
         fh.seek(task.warm_from)
         for block, cut in cut_ahead(iter_blocks(fh)):

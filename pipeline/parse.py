@@ -96,7 +96,7 @@ def parse_source(
         if on_bytes is not None:
             on_bytes(n)
 
-    assembler = Assembler(path, writer.rows.append, emit_frame=writer.add_frame)
+    assembler = Assembler(path, writer.rows.append, emit_frame=writer.add_clean)
     with _open_input(path) as stream:
         for block, cut in cut_ahead(iter_blocks(stream, digest, count)):
             assembler.feed(block, cut)

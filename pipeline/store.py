@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError
 from grammars.body import read_fields
-from pipeline.records import CALLS_SCHEMA, RAW_SCHEMA, RawCall
+from pipeline.records import CALLS_SCHEMA, RAW_SCHEMA, CleanRows, RawCall
 
 COMPRESSION = "zstd"
 TS_FORMAT = "%Y-%m-%d %H:%M:%S%.3f"
@@ -101,14 +101,14 @@ def write_json(path: Path, payload: object) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def records_frame(rows: list[RawCall], frames: Sequence[pl.DataFrame] = ()) -> pl.DataFrame:
+def records_frame(rows: list[RawCall], clean: Sequence[CleanRows] = ()) -> pl.DataFrame:
     """A batch of raw calls as a Polars frame with the ``calls`` schema (bodies read, then dropped).
 
-    ``frames`` are more raw calls already in columns (``RAW_FRAME_SCHEMA``: the fast path's).
+    ``clean`` are more raw calls, in columns (the fast path's).
     """
     columns = list(zip(*rows)) if rows else [[] for _ in RAW_SCHEMA]
     arrays = [pa.array(column, type=field.type) for column, field in zip(columns, RAW_SCHEMA)]
-    raw = pl.concat([pl.from_arrow(pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)), *frames])
+    raw = pl.concat([pl.from_arrow(pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)).lazy(), *(c.frame for c in clean)]).collect()
     frame = read_fields(raw)
     return frame.with_columns(pl.col("ts").str.to_datetime(TS_FORMAT, time_unit="ms", strict=False)).select(CALLS_SCHEMA.names)
 
@@ -126,11 +126,11 @@ def _in_line_order(frame: pl.DataFrame, sources: dict[str, int] | None = None) -
     return frame.sort(pl.col("source").replace_strict(sources, return_dtype=pl.Int64), "line")
 
 
-def _source_ranks(batch: list[list[RawCall] | pl.DataFrame]) -> dict[str, int]:
-    """Each source's rank by its first row in the batch (rows and frames are converted apart)."""
+def _source_ranks(batch: list[list[RawCall] | CleanRows]) -> dict[str, int]:
+    """Each source's rank by its first row in the batch (rows and clean rows are converted apart)."""
     ranks: dict[str, int] = {}
     for segment in batch:
-        names = segment["source"].unique(maintain_order=True) if isinstance(segment, pl.DataFrame) else (r.source for r in segment)
+        names = [segment.source] if isinstance(segment, CleanRows) else (r.source for r in segment)
         for name in names:
             ranks.setdefault(name, len(ranks))
     return ranks
@@ -155,7 +155,7 @@ class CallsWriter:
     def __init__(self, path: Path, batch_rows: int | None = None) -> None:
         self.path = path
         self.rows: list[RawCall] = []
-        self._segments: list[list[RawCall] | pl.DataFrame] = []  # rows and frames, in the order they came
+        self._segments: list[list[RawCall] | CleanRows] = []  # rows and clean rows, in the order they came
         self._frame_rows = 0
         self.batch_rows = batch_rows or BATCH_ROWS
         self.written = 0
@@ -174,13 +174,13 @@ class CallsWriter:
         if held >= self.batch_rows or (self._text >= BATCH_TEXT and held):
             self._hand_off()
 
-    def add_frame(self, frame: pl.DataFrame) -> None:
-        """Collect raw calls that come in columns (``RAW_FRAME_SCHEMA``), after the rows so far."""
+    def add_clean(self, clean: CleanRows) -> None:
+        """Collect raw calls that come in columns, after the rows so far."""
         if self.rows:
             self._segments.append(self.rows[:])
             self.rows.clear()
-        self._segments.append(frame)
-        self._frame_rows += frame.height
+        self._segments.append(clean)
+        self._frame_rows += clean.rows
 
     def flush(self) -> None:
         """Write every row collected so far (returns once they are in the file)."""
@@ -203,12 +203,12 @@ class CallsWriter:
         self._wait()
         gc.collect()  # the parse runs with automatic collection paused (`collection_per_batch`)
         self._in_flight = self._thread.submit(self._write, batch)
-        self.written += sum(len(segment) for segment in batch)
+        self.written += sum(segment.rows if isinstance(segment, CleanRows) else len(segment) for segment in batch)
 
-    def _write(self, batch: list[list[RawCall] | pl.DataFrame]) -> None:
+    def _write(self, batch: list[list[RawCall] | CleanRows]) -> None:
         rows = [row for segment in batch if isinstance(segment, list) for row in segment]
-        frames = [segment for segment in batch if isinstance(segment, pl.DataFrame)]
-        frame = _in_line_order(records_frame(rows, frames), _source_ranks(batch))
+        clean = [segment for segment in batch if isinstance(segment, CleanRows)]
+        frame = _in_line_order(records_frame(rows, clean), _source_ranks(batch))
         behind = pl.col("line") <= pl.col("source").replace_strict(self._reached, default=0, return_dtype=pl.Int64)
         late = frame.filter(behind)
         frame = frame.filter(~behind)
