@@ -12,18 +12,22 @@ ending with a newline.  The lines that carry the fields a call record keeps::
     session-flags = NL "[in] flags = 0x" HEX NL ;                       (* C_OpenSession *)
     template     = NL "[" dir "] " name "[" count "]:" [ " " ] NL { entry-or-dump-line NL } ;
     entry        = 4 " " attribute " " value ;
+    dump-row     = 4 " " "00000000  " { HEX HEX " " } … ;                (* an entry's first *)
 
 Why a batch at a time: these are about ten regex searches per record.  Done per record in
 Python they cost about 15 µs, more than the rest of the parse; as Polars string expressions
 over a column of bodies they run in Rust over the whole batch (``performance-notes.md``).
+A pass costs about as much per record as per byte, so the passes over every body are few
+and in one lazy context (they run in parallel); template passes run only on the bodies
+that name a template (null elsewhere, which a regex skips), value decoding only on the
+key-creating calls'.  Polars computes an expression used twice twice, so what is used
+twice is made a column first.
 Buffer contents are never extracted, only lengths; for secret-bearing buffers and
 attributes (format notes §5) only their names.  The patterns use the syntax common to
 Python's ``re`` and Rust's ``regex`` (no look-around).
 """
 
 from __future__ import annotations
-
-import re
 
 import polars as pl
 
@@ -49,6 +53,7 @@ BUFFER = (
     r"(?:(?P<address>[0-9a-f]{8}(?:[0-9a-f]{8})?) / (?P<length>-?[0-9]+)|NULL \[size : 0x[0-9A-F]+ \((?P<null_length>-?[0-9]+)\)\]|EMPTY)"
 )
 TEMPLATE = r"(?m)^\[(?:in|out)\] [A-Za-z0-9_]+\[[0-9]+\]: ?\n(?:[^\[\n][^\n]*\n)*"  # a head and its lines
+TEMPLATE_IN = r"(?m)^\[in\] [A-Za-z0-9_]+\[[0-9]+\]: ?\n(?:[^\[\n][^\n]*\n)*"  # the same, [in] heads only
 ENTRY = r"(?m)^    (CKA_[A-Z0-9_]+(?:\((?:NSS|Netsc)\))?|CKA_\? \(0x[0-9a-f]{8}\))"
 SECRET_ENTRY = (
     r"(?m)^    (CKA_VALUE|CKA_PRIVATE_EXPONENT|CKA_PRIME_1|CKA_PRIME_2|CKA_EXPONENT_1|CKA_EXPONENT_2"
@@ -80,117 +85,25 @@ VALUE_FUNCS = ("C_GenerateKey", "C_GenerateKeyPair", "C_CreateObject", "C_CopyOb
 
 def read_fields(calls: pl.DataFrame) -> pl.DataFrame:
     """Add the body's fields (``FIELDS``) to a batch of calls with ``func`` and ``body``."""
-    body = pl.col("body")
-    func = pl.col("func")
-    calls = calls.with_row_index("_row")
-    buffers = _buffer_fields(calls)
-    templates = _template_fields(calls)
-    values = _template_values(calls)
-    out = calls.with_columns(
-        body.str.extract(SLOT_IN).str.to_integer(base=16).alias("slot"),
-        pl.coalesce(body.str.extract_all(SESSION_OUT).list.last(), body.str.extract(SESSION_IN, 0))
-        .str.extract(_HEX)
-        .str.to_integer(base=16)
-        .alias("session"),
-        body.str.extract(OBJECT_IN).str.to_integer(base=16).alias("object"),
-        pl.when(body.str.contains("pMechanism", literal=True))
-        .then(body.str.extract(MECHANISM))
-        .when(func == "C_GetMechanismInfo")
-        .then(body.str.extract(MECHANISM_INFO))
-        .alias("mechanism"),
-        pl.when(func.is_in(_LOGIN_FUNCS)).then(body.str.extract(USER_TYPE)).alias("user_type"),
-        _null_if_empty(body.str.extract_all(CREATED).list.eval(pl.element().str.extract(_HEX).str.to_integer(base=16)))
-        .alias("created"),
-    )
+    lazy = calls.lazy().with_row_index("_row").with_columns(_TEMPLATE_BODY)
+    read = lazy.with_columns(*_READ).with_columns(*_DERIVED)
     out = (
-        out.join(buffers, on="_row", how="left", maintain_order="left")
-        .join(templates, on="_row", how="left", maintain_order="left")
-        .join(values, on="_row", how="left", maintain_order="left")
+        read.with_columns(*_FIELDS_OF_DERIVED)
+        .join(_buffer_secrets(read), on="_row", how="left", maintain_order="left")
+        .join(_template_values(lazy), on="_row", how="left", maintain_order="left")
+        .with_columns(_SECRETS, pl.coalesce("template_flags", "_session_flags").alias("flags"))
+        .with_columns(_null_if_empty(pl.col("secrets")))
+        .drop(_TEMPORARY)
+        .collect(engine="in-memory")
     )
     return out.with_columns(
-        _null_if_empty(pl.concat_list(pl.col("buffer_secrets").fill_null([]), pl.col("key_secrets").fill_null([])))
-        .alias("secrets"),
         pl.col("mechanism").replace(_names(out["mechanism"], mechanism_name)),
         pl.col("user_type").replace(_names(out["user_type"], user_type_name)),
-        pl.coalesce("template_flags", _session_flags()).alias("flags"),
-    ).drop("_row", "buffer_secrets", "key_secrets", "template_flags")
-
-
-def _session_flags() -> pl.Expr:
-    """``CKF_RW_SESSION=True|False`` of a C_OpenSession (a one-item list), else null."""
-    flags = pl.col("body").str.extract(SESSION_FLAGS).str.to_integer(base=16)
-    read_write = pl.when(flags // CKF_RW_SESSION % 2 == 1).then(pl.lit("True")).otherwise(pl.lit("False"))
-    return pl.when(
-        (pl.col("func") == "C_OpenSession") & flags.is_not_null() & ~pl.col("body").str.contains("emplate[", literal=True)
-    ).then(pl.concat_list("CKF_RW_SESSION=" + read_write))
-
-
-def _buffer_fields(calls: pl.DataFrame) -> pl.DataFrame:
-    """Per record: summed ``[in]``/``[out]`` buffer lengths and the secret buffers' names."""
-    found = (
-        calls.select("_row", "func", pl.col("body").str.extract_all(BUFFER).alias("buffer"))
-        .explode("buffer")
-        .drop_nulls("buffer")
-        .with_columns(pl.col("buffer").str.extract_groups(BUFFER).alias("b"))
-        .unnest("b")
-        .filter(~pl.col("name").str.starts_with("pMechanism"))
-        .with_columns(pl.coalesce("length", "null_length").cast(pl.Int64).alias("size"))
-        .filter(pl.col("size").is_not_null())  # EMPTY: no length printed
     )
-    kind = _secret_kind().alias("kind")
-    secret = pl.when(pl.col("address").is_not_null() & (pl.col("size") > 0) & kind.is_not_null()).then(kind + ":" + pl.col("name"))
-    return found.group_by("_row", maintain_order=True).agg(
-        pl.col("size").filter(pl.col("dir") == "in").sum().alias("in_len"),
-        pl.col("size").filter(pl.col("dir") == "out").sum().alias("out_len"),
-        (pl.col("dir") == "in").any().alias("_has_in"),
-        (pl.col("dir") == "out").any().alias("_has_out"),
-        secret.drop_nulls().alias("buffer_secrets"),
-    ).with_columns(
-        pl.when("_has_in").then("in_len").alias("in_len"),
-        pl.when("_has_out").then("out_len").alias("out_len"),
-    ).drop("_has_in", "_has_out")
-
-
-def _secret_kind() -> pl.Expr:
-    name, direction, func = pl.col("name"), pl.col("dir"), pl.col("func")
-    data = name.is_in(_DATA_NAMES)
-    return (
-        pl.when(name.is_in(list(_ALWAYS_SECRET)))
-        .then(name.replace_strict(_ALWAYS_SECRET, default=None, return_dtype=pl.String))
-        .when(data & (direction == "in") & func.is_in(_ENCRYPT_FUNCS))
-        .then(pl.lit("plaintext"))
-        .when(data & (direction == "out") & func.is_in(_DECRYPT_FUNCS))
-        .then(pl.lit("plaintext"))
-        .when(data & (direction == "in") & func.str.contains(r"^C_(?:Sign|Verify|Digest)"))
-        .then(pl.lit("data"))
-    )
-
-
-def _template_fields(calls: pl.DataFrame) -> pl.DataFrame:
-    """Per record: attribute names of the ``[in]`` templates, and key material dumped in any.
-
-    A certificate's or public key's ``CKA_VALUE`` is not secret, so a template that holds
-    ``CKO_CERTIFICATE`` or ``CKO_PUBLIC_KEY`` names no key secret.
-    """
-    sections = (
-        calls.filter(pl.col("body").str.contains("emplate[", literal=True))
-        .select("_row", pl.col("body").str.extract_all(TEMPLATE).alias("lines"))
-        .explode("lines")
-        .drop_nulls("lines")
-    )
-    lines = pl.col("lines")
-    public = lines.str.contains("CKO_CERTIFICATE", literal=True) | lines.str.contains("CKO_PUBLIC_KEY", literal=True)
-    names = pl.when(lines.str.starts_with("[in]")).then(lines.str.extract_all(ENTRY).list.eval(pl.element().str.strip_chars_start(" ")))
-    key_secrets = pl.when(~public).then(
-        lines.str.extract_all(SECRET_ENTRY).list.eval("key:" + pl.element().str.extract(SECRET_ENTRY))
-    )
-    return sections.group_by("_row", maintain_order=True).agg(
-        names.list.explode(keep_nulls=False, empty_as_null=False).alias("attributes"),
-        key_secrets.list.explode(keep_nulls=False, empty_as_null=False).alias("key_secrets"),
-    ).with_columns(_null_if_empty(pl.col("attributes")))
 
 
 def _null_if_empty(lists: pl.Expr) -> pl.Expr:
+    """Null for an empty list; ``lists`` is a column (an expression used twice is computed twice)."""
     return pl.when(lists.list.len() > 0).then(lists)
 
 
@@ -199,47 +112,159 @@ def _names(column: pl.Series, name_of) -> dict[str, str]:
     return {text: named for text in column.drop_nulls().unique() if (named := name_of(text)) != text}
 
 
-_TEMPLATE_RE = re.compile(r"\n\[(in|out)\] (\w+)\[\d+\]: ?\n", re.ASCII)
-_VALUE_ENTRY_RE = re.compile(
-    r"\n    (CKA_[A-Z0-9_]+) +(?:(True|False)|(CK[OK]_\w+)|[0-9a-f]{8}(?:[0-9a-f]{8})? / [1-8]\n    00000000  ((?:[0-9A-F]{2} ){1,8}))",
-    re.ASCII,
-)
-_INT_ATTRS = frozenset({"CKA_MODULUS_BITS", "CKA_VALUE_LEN"})
-_ENUM_ATTRS = frozenset({"CKA_CLASS", "CKA_KEY_TYPE"})
+_BODY, _FUNC, _ELEMENT = pl.col("body"), pl.col("func"), pl.element()
+# Template work runs on the bodies that name a template; for the others this is null, which a regex skips.
+_TEMPLATE_BODY = pl.when(_BODY.str.contains("emplate[", literal=True)).then(_BODY).alias("_template_body")
 
 
-def _template_values(calls: pl.DataFrame) -> pl.DataFrame:
-    """Per key-creating record with a template: its audit values (`template_values`).
+def _mechanism() -> pl.Expr:
+    """``pMechanism->type``; a C_GetMechanismInfo without one names its type (searched on those bodies only)."""
+    info_body = pl.when(_FUNC == "C_GetMechanismInfo").then(_BODY)
+    info = pl.when(~info_body.str.contains("pMechanism", literal=True)).then(info_body).str.extract(MECHANISM_INFO)
+    return pl.coalesce(_BODY.str.extract(MECHANISM), info)
 
-    Few calls create keys, and their values need decoding (little-endian integers), so
-    this part is plain Python over those rows only.
+
+def _session_flags(flags: pl.Expr) -> pl.Expr:
+    """``CKF_RW_SESSION=True|False`` of a C_OpenSession without a template (a one-item list), else null."""
+    read_write = pl.when(flags // CKF_RW_SESSION % 2 == 1).then(pl.lit("True")).otherwise(pl.lit("False"))
+    return pl.when(flags.is_not_null()).then(pl.concat_list("CKF_RW_SESSION=" + read_write))
+
+
+def _key_secrets() -> pl.Expr:
+    """Key material dumped in any template.
+
+    A certificate's or public key's ``CKA_VALUE`` is not secret, so a template that holds
+    ``CKO_CERTIFICATE`` or ``CKO_PUBLIC_KEY`` names no key secret.  A template's last line
+    is no secret entry's dump row, so joining the other templates makes no new entries.
     """
-    rows = calls.filter(pl.col("func").is_in(VALUE_FUNCS) & pl.col("body").str.contains("emplate[", literal=True))
-    return pl.DataFrame(
-        {"_row": rows["_row"], "template_flags": [template_values(text) for text in rows["body"]]},
-        schema={"_row": pl.UInt32, "template_flags": pl.List(pl.String)},
+    body = pl.col("_template_body")
+    public = _ELEMENT.str.contains("CKO_CERTIFICATE", literal=True) | _ELEMENT.str.contains("CKO_PUBLIC_KEY", literal=True)
+    return (
+        pl.when(body.str.contains(SECRET_ENTRY)).then(body)
+        .str.extract_all(TEMPLATE).list.eval(_ELEMENT.filter(~public)).list.join("")
+        .str.extract_all(SECRET_ENTRY).list.eval("key:" + _ELEMENT.str.extract(SECRET_ENTRY))
     )
 
 
-def template_values(body: str) -> list[str] | None:
-    """``NAME=VALUE`` for booleans, class, key type and sizes in the ``[in]`` templates.
+# The passes over whole bodies, in one context so that they run in parallel.  The ``[in]``
+# templates end at a line end, so joined they make no new entries.
+_READ = (
+    _BODY.str.extract(SLOT_IN).str.to_integer(base=16).alias("slot"),
+    pl.coalesce(_BODY.str.extract_all(SESSION_OUT).list.last().str.extract(_HEX), _BODY.str.extract(SESSION_IN))
+    .str.to_integer(base=16)
+    .alias("session"),
+    _BODY.str.extract(OBJECT_IN).str.to_integer(base=16).alias("object"),
+    _mechanism().alias("mechanism"),
+    pl.when(_FUNC.is_in(_LOGIN_FUNCS)).then(_BODY).str.extract(USER_TYPE).alias("user_type"),
+    _BODY.str.extract_all(CREATED).alias("_created"),
+    _BODY.str.extract_all(BUFFER).alias("_buffers"),
+    pl.col("_template_body").str.extract_all(TEMPLATE_IN).list.join("").str.extract_all(ENTRY).alias("_entries"),
+    _key_secrets().alias("key_secrets"),
+    pl.when((_FUNC == "C_OpenSession") & pl.col("_template_body").is_null()).then(_BODY)
+    .str.extract(SESSION_FLAGS).str.to_integer(base=16).alias("_session_flags"),
+)
 
-    Only these non-secret kinds are read; entries of a template other than ``pTemplate``
-    are prefixed with its name (``pPrivateKeyTemplate.CKA_SENSITIVE=False``).  Integers are
-    the native (little-endian) ``CK_ULONG`` bytes of the dump's first row.
+_BUFFER_LENGTH = r"(-?[0-9]+)\)?\]?$"  # of a buffer match: address form, or NULL form's "(length)]"
+# A buffer match with an address and a length above 0 whose name may make it secret (``_secret_kind``).
+_SECRET_BUFFER = r"^\n\[(?:in|out)\] (?:" + "|".join((*_ALWAYS_SECRET, *_DATA_NAMES)) + r")[\[ ].* / 0*[1-9][0-9]*$"
+
+
+def _sizes(direction: str) -> pl.Expr:
+    """The lengths of one direction's buffers (``pMechanism`` parameters and ``EMPTY`` ones aside)."""
+    mine = _ELEMENT.str.starts_with(f"\n[{direction}] ") & ~_ELEMENT.str.starts_with(f"\n[{direction}] pMechanism")
+    return pl.col("_buffers").list.eval(_ELEMENT.filter(mine).str.extract(_BUFFER_LENGTH).cast(pl.Int64).drop_nulls())
+
+
+_DERIVED = (
+    pl.col("_created").list.eval(_ELEMENT.str.extract(_HEX).str.to_integer(base=16)),
+    _sizes("in").alias("_in_sizes"),
+    _sizes("out").alias("_out_sizes"),
+    pl.col("_entries").list.eval(_ELEMENT.str.strip_chars_start(" ")),
+    _session_flags(pl.col("_session_flags")).alias("_session_flags"),
+    # From here on only the secret candidates among the buffers.
+    pl.col("_buffers").list.eval(_ELEMENT.filter(_ELEMENT.str.contains(_SECRET_BUFFER))),
+)
+_FIELDS_OF_DERIVED = (
+    _null_if_empty(pl.col("_created")).alias("created"),
+    pl.when(pl.col("_in_sizes").list.len() > 0).then(pl.col("_in_sizes").list.sum()).alias("in_len"),
+    pl.when(pl.col("_out_sizes").list.len() > 0).then(pl.col("_out_sizes").list.sum()).alias("out_len"),
+    _null_if_empty(pl.col("_entries")).alias("attributes"),
+)
+
+
+def _buffer_secrets(read: pl.LazyFrame) -> pl.LazyFrame:
+    """Per record: the secret buffers' names, ``kind:name`` (few buffers are candidates, ``_DERIVED``)."""
+    buffer, name = pl.col("_buffers"), pl.col("name")
+    return (
+        read.select("_row", "func", "_buffers")
+        .explode("_buffers")
+        .drop_nulls("_buffers")
+        .with_columns(buffer.str.extract(r"^\n\[(?:in|out)\] ([A-Za-z]+)").alias("name"))
+        .select("_row", (_secret_kind(name, buffer.str.starts_with("\n[in] ")) + ":" + name).alias("secret"))
+        .drop_nulls("secret")
+        .group_by("_row", maintain_order=True)
+        .agg(pl.col("secret").alias("buffer_secrets"))
+    )
+
+
+def _secret_kind(name: pl.Expr, incoming: pl.Expr) -> pl.Expr:
+    data = name.is_in(_DATA_NAMES)
+    return (
+        pl.when(name.is_in(list(_ALWAYS_SECRET)))
+        .then(name.replace_strict(_ALWAYS_SECRET, default=None, return_dtype=pl.String))
+        .when(data & incoming & _FUNC.is_in(_ENCRYPT_FUNCS))
+        .then(pl.lit("plaintext"))
+        .when(data & ~incoming & _FUNC.is_in(_DECRYPT_FUNCS))
+        .then(pl.lit("plaintext"))
+        .when(data & incoming & _FUNC.str.contains(r"^C_(?:Sign|Verify|Digest)"))
+        .then(pl.lit("data"))
+    )
+
+
+_SECRETS = pl.concat_list(pl.col("buffer_secrets").fill_null([]), pl.col("key_secrets").fill_null([])).alias("secrets")
+_TEMPORARY = (
+    "_row", "_template_body", "_created", "_buffers", "_in_sizes", "_out_sizes", "_entries", "_session_flags",
+    "buffer_secrets", "key_secrets", "template_flags",
+)
+
+# A template's head and the lines up to the next "[" line (an empty line does not end it here).
+_SECTION = r"\n\[(?:in|out)\] [A-Za-z0-9_]+\[[0-9]+\]: ?\n(?:[^\[\n][^\n]*)?(?:\n+[^\[\n][^\n]*)*"
+_SECTION_PREFIX = r"^\n\[in\] ([A-Za-z0-9_]+)\["
+_INT_ATTRS = ("CKA_MODULUS_BITS", "CKA_VALUE_LEN")
+_ENUM_ATTRS = ("CKA_CLASS", "CKA_KEY_TYPE")
+_VALUE_ENTRY = (
+    r"\n    (?:CKA_[A-Z0-9_]+ +(?:True|False)|(?:" + "|".join(_ENUM_ATTRS) + r") +CK[OK]_[A-Za-z0-9_]+"
+    r"|(?:" + "|".join(_INT_ATTRS) + r") +[0-9a-f]{8}(?:[0-9a-f]{8})? / [1-8]\n    00000000  (?:[0-9A-F]{2} ){1,8})"
+)
+
+
+def _template_values(calls: pl.LazyFrame) -> pl.LazyFrame:
+    """Per key-creating record with a template: its audit values.
+
+    ``NAME=VALUE`` for booleans, class, key type and sizes in the ``[in]`` templates.  Only
+    these non-secret kinds are read; entries of a template other than ``pTemplate`` are
+    prefixed with its name (``pPrivateKeyTemplate.CKA_SENSITIVE=False``).  Integers are the
+    native (little-endian) ``CK_ULONG`` bytes of the dump's first row.
     """
-    out: list[str] = []
-    for head in _TEMPLATE_RE.finditer(body):
-        if head.group(1) != "in":
-            continue
-        end = body.find("\n[", head.end() - 1)
-        section = body[head.end() - 1 : end if end >= 0 else len(body)]
-        prefix = "" if head.group(2) == "pTemplate" else head.group(2) + "."
-        for name, boolean, enum, raw in _VALUE_ENTRY_RE.findall(section):
-            if boolean:
-                out.append(f"{prefix}{name}={boolean}")
-            elif enum and name in _ENUM_ATTRS:
-                out.append(f"{prefix}{name}={enum}")
-            elif raw and name in _INT_ATTRS:
-                out.append(f"{prefix}{name}={int.from_bytes(bytes.fromhex(raw.replace(' ', '')), 'little')}")
-    return out or None
+    section, entry = pl.col("section"), pl.col("entry")
+    name = pl.col("name")
+    raw = entry.str.extract(r"00000000  ((?:[0-9A-F]{2} )+)$")
+    number = raw.str.split(" ").list.reverse().list.join("").str.to_integer(base=16, dtype=pl.UInt64).cast(pl.String)
+    return (
+        calls.filter(pl.col("_template_body").is_not_null() & _FUNC.is_in(VALUE_FUNCS))
+        .select("_row", _BODY.str.extract_all(_SECTION).alias("section"))
+        .explode("section")
+        .filter(section.str.starts_with("\n[in] "))
+        .select("_row", section.str.extract(_SECTION_PREFIX).alias("name"), section.str.extract_all(_VALUE_ENTRY).alias("entry"))
+        .explode("entry")
+        .drop_nulls("entry")
+        .group_by("_row", maintain_order=True)
+        .agg(
+            (
+                pl.when(name == "pTemplate").then(pl.lit("")).otherwise(name + ".")
+                + entry.str.extract(r"^\n    (CKA_[A-Z0-9_]+)")
+                + "="
+                + pl.coalesce(entry.str.extract(r" (True|False|CK[OK]_[A-Za-z0-9_]+)$"), number)
+            ).alias("template_flags")
+        )
+    )
