@@ -96,21 +96,23 @@ class CleanRows(NamedTuple):
 def mechanism_name(text: str) -> str:
     """The mechanism as the spy named it; a bare ``0x...`` number gets python-pkcs11's name."""
     if text.startswith("0x"):
-        return _enum_name(Mechanism, "CKM_", int(text, 16), text)
+        return _enum_name(Mechanism, "CKM_", text[2:], text)
     if text.startswith("Unknown Mechanism ("):  # 0.22 C_GetMechanismInfo: "Unknown Mechanism (80001234)"
-        return _enum_name(Mechanism, "CKM_", int(text[19:-1], 16), "0x" + text[19:-1].upper())
+        return _enum_name(Mechanism, "CKM_", text[19:-1], "0x" + text[19:-1].upper())
     return text
 
 
 def user_type_name(text: str) -> str:
     """The user type as printed; ``0x00000063``-style numbers (0.23+) get python-pkcs11's name."""
     if text.startswith("0x"):
-        return _enum_name(UserType, "CKU_", int(text, 16), text)
+        return _enum_name(UserType, "CKU_", text[2:], text)
     return text
 
 
-def _enum_name(enum: type, prefix: str, value: int, fallback: str) -> str:
+def _enum_name(enum: type, prefix: str, digits: str, fallback: str) -> str:
+    """The enum's name of hex ``digits``; ``fallback`` for an unknown value, or for digits a
+    truncated log cut short (``0x``)."""
     try:
-        return prefix + enum(value).name
+        return prefix + enum(int(digits, 16)).name
     except ValueError:
         return fallback
