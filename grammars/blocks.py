@@ -98,56 +98,91 @@ def cut_pieces(text: str) -> Cut:
         wide = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) >= 0x80)
         candidate[np.searchsorted(content, wide, side="right") - 1] = False
         raw = raw.translate(_ASCII_MASK)
-    first_newline = np.minimum(np.searchsorted(newlines, content), newlines.size - 2)  # past the end: not clean anyway
-    frame = pl.DataFrame(
-        {
-            "piece": _strings(raw, np.r_[content, len(raw)]),
-            "start": start,
-            "end": end,
-            "nlines": nlines,
-            "before": np.cumsum(nlines) - nlines,
-            "candidate": candidate,
-            "header_end": newlines[first_newline] - content if newlines.size >= 2 else 0,
-            "stamp_end": newlines[first_newline + 1] - content if newlines.size >= 2 else 0,
-        }
-    )
     piece = pl.col("piece")
-    frame = frame.with_columns(
-        (
-            pl.col("candidate")
-            & piece.str.contains(CLEAN_PIECE)
+    clean = (
+        pl.DataFrame({"piece": _strings(raw, np.r_[content, len(raw)])})
+        .select(
+            piece.str.contains(CLEAN_PIECE)
             & (piece.str.count_matches("Returned:", literal=True) == 1)
             & (piece.str.count_matches(_GLUED_TS) == 1)
-        ).alias("clean")
+        )
+        .to_series()
+        .to_numpy()
+        & candidate
     )
-    return Cut(frame.select("start", "end", "nlines", "before", "clean"), _parts(frame.filter("clean")))
+    index = np.flatnonzero(clean)
+    line_end = np.r_[seps, len(raw) - text.endswith("\n")][index]  # the newline (or end) after each Returned: line
+    parts, fits = _parts(np.frombuffer(raw, dtype=np.uint8), raw, newlines, content[index], line_end)
+    clean[index[~fits]] = False
+    parts = parts.filter(pl.Series(fits))
+    pieces = pl.DataFrame({"start": start, "end": end, "nlines": nlines, "before": np.cumsum(nlines) - nlines, "clean": clean})
+    return Cut(pieces, pl.concat([pieces.filter("clean").select("before", "nlines"), parts], how="horizontal"))
 
 
 _ASCII_MASK = bytes(range(128)) + b"?" * 128
+_MAX_DIGITS = 18  # a longer number is left to the slow path (int64, and Python's int, agree below this)
 
 
-def _parts(clean: pl.DataFrame) -> pl.DataFrame:
-    """seq, func, pid, tid, ts, body, rv, rv_name of clean pieces, cut with string operations
-    where `CLEAN_PIECE` put them (``header_end``, ``stamp_end``: their first two newlines)."""
-    piece, header_end, stamp_end = pl.col("piece"), pl.col("header_end"), pl.col("stamp_end")
-    header = piece.str.slice(0, header_end).str.split_exact(": ", 1)
-    stamp_line = piece.str.slice(header_end + 1, stamp_end - header_end - 1)
-    prefix = stamp_line.str.head(-24)  # "P:<pid>; T:[0x]<tid>" (0.24+), else empty
-    threads = prefix.str.split_exact("; T:", 1)
-    returned = piece.str.find("\nReturned:  ", literal=True)  # the only one: the piece is clean
-    result = piece.str.slice(returned + 12).str.strip_chars_end("\n").str.split_exact(" ", 1)
-    return clean.select(
-        "before",
-        "nlines",
-        header.struct.field("field_0").cast(pl.Int64).alias("seq"),
-        header.struct.field("field_1").alias("func"),
-        pl.when(prefix != "").then(threads.struct.field("field_0").str.strip_prefix("P:").cast(pl.Int64)).alias("pid"),
-        pl.when(prefix != "").then(threads.struct.field("field_1").str.strip_prefix("0x").cast(pl.Int64)).alias("tid"),
-        stamp_line.str.slice(-23).alias("ts"),
-        piece.str.slice(stamp_end, returned + 1 - stamp_end).alias("body"),
-        result.struct.field("field_0").cast(pl.Int64).alias("rv"),
-        result.struct.field("field_1").alias("rv_name"),
+def _parts(buf: np.ndarray, raw: bytes, newlines: np.ndarray, first: np.ndarray, line_end: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
+    """seq, func, pid, tid, ts, body, rv, rv_name of clean pieces, from where `CLEAN_PIECE`
+    put them (its lines are known: header, timestamp, body, ``Returned:``), and whether
+    every number fits ``_MAX_DIGITS``.  Strings are views of ``raw``: no text is copied."""
+    header_end = newlines[np.searchsorted(newlines, first)]
+    stamp_end = newlines[np.searchsorted(newlines, header_end + 1)]
+    returned = newlines[np.searchsorted(newlines, line_end) - 1] + 1
+    seq, seq_digits = _number(buf, first)
+    has_pid = buf[header_end + 1] == ord("P")  # "P:<pid>; T:[0x]<tid> " (0.24+)
+    pid, pid_digits = _number(buf, header_end + 3)
+    tid_start = header_end + 3 + pid_digits + 4
+    tid_start = tid_start + 2 * ((_at(buf, tid_start) == ord("0")) & (_at(buf, tid_start + 1) == ord("x")))
+    tid, tid_digits = _number(buf, tid_start)
+    negative = buf[returned + 11] == ord("-")  # "Returned:  " is 11 characters
+    rv, rv_digits = _number(buf, returned + 11 + negative)
+    rv_name = returned + 12 + negative + rv_digits
+    fits = (seq_digits <= _MAX_DIGITS) & (rv_digits <= _MAX_DIGITS) & (~has_pid | ((pid_digits <= _MAX_DIGITS) & (tid_digits <= _MAX_DIGITS)))
+    parts = pl.DataFrame(
+        {
+            "seq": seq,
+            "func": _views(buf, raw, first + seq_digits + 2, header_end),
+            "pid": pa.array(pid, mask=~has_pid),
+            "tid": pa.array(tid, mask=~has_pid),
+            "ts": _views(buf, raw, stamp_end - 23, stamp_end),
+            "body": _views(buf, raw, stamp_end, returned),
+            "rv": np.where(negative, -rv, rv),
+            "rv_name": _views(buf, raw, rv_name, line_end),
+        }
     )
+    return parts, fits
+
+
+def _at(buf: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """The byte at each position (the last one past the end: for rows whose value is unused)."""
+    return buf[np.minimum(position, buf.size - 1)]
+
+
+def _number(buf: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The decimal number at each ``start``, and its count of digits (over ``_MAX_DIGITS``: too long)."""
+    window = _at(buf, start[:, None] + np.arange(_MAX_DIGITS + 1)) - np.uint8(ord("0"))  # a non-digit wraps past 9
+    is_digit = window <= 9
+    count = np.where(is_digit.all(axis=1), _MAX_DIGITS + 1, np.argmin(is_digit, axis=1))
+    value = np.zeros(start.size, dtype=np.int64)
+    for column in range(min(int(count.max(initial=0)), _MAX_DIGITS)):
+        more = column < count
+        value[more] = value[more] * 10 + window[more, column]
+    return value, count
+
+
+def _views(buf: np.ndarray, raw: bytes, start: np.ndarray, stop: np.ndarray) -> pa.Array:
+    """``raw[start[i]:stop[i]]`` for each i as an Arrow string view array over ``raw`` itself."""
+    size = stop - start
+    views = np.zeros((size.size, 16), dtype=np.uint8)
+    views[:, 0:4] = size.astype("<i4").view(np.uint8).reshape(-1, 4)
+    head = _at(buf, start[:, None] + np.arange(12))
+    inline = size <= 12  # short strings live in the view itself, long ones point into the buffer
+    views[inline, 4:16] = np.where(np.arange(12) < size[inline, None], head[inline], 0)
+    views[~inline, 4:8] = head[~inline, :4]
+    views[~inline, 12:16] = start[~inline].astype("<i4").view(np.uint8).reshape(-1, 4)
+    return pa.Array.from_buffers(pa.string_view(), size.size, [None, pa.py_buffer(views), pa.py_buffer(raw)])
 
 
 def _newlines(raw: bytes) -> np.ndarray:

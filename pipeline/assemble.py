@@ -112,24 +112,31 @@ def _same_process(record: _Open, pid: int | None) -> bool:
 
 
 class _FastRows:
-    """Which clean records of a block take the fast path, and the process each belongs to."""
+    """Which clean records of a block take the fast path, and the process each belongs to:
+    stretches of consecutive records, made into arrays once per block."""
 
     def __init__(self, size: int) -> None:
-        self.mask = np.zeros(size, dtype=bool)
-        self.process = np.zeros(size, dtype=np.int32)
-        self.taken = 0
+        self.size = size
+        self.firsts: list[int] = []
+        self.counts: list[int] = []
+        self.processes: list[int] = []
 
     def add(self, first: int, stretches: list[tuple[int, int]]) -> None:
         """Records ``first``, ``first + 1``, ...: ``(process, count)`` for each stretch of them."""
-        stop = first + sum(count for _, count in stretches)
-        self.mask[first:stop] = True
-        self.process[first:stop] = np.repeat([p for p, _ in stretches], [count for _, count in stretches])
-        self.taken += stop - first
+        for process, count in stretches:
+            self.firsts.append(first)
+            self.counts.append(count)
+            self.processes.append(process)
+            first += count
 
-    def add_one(self, record: int, process: int) -> None:
-        self.mask[record] = True
-        self.process[record] = process
-        self.taken += 1
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """A mask of the records taken, and the process of each (0 where not taken)."""
+        mask = np.zeros(self.size, dtype=bool)
+        process = np.zeros(self.size, dtype=np.int32)
+        for first, count, one in zip(self.firsts, self.counts, self.processes):
+            mask[first : first + count] = True
+            process[first : first + count] = one
+        return mask, process
 
 
 @dataclass(frozen=True)
@@ -208,7 +215,7 @@ class Assembler:
                     line = self._clean_slow(text, starts[record], ends[record], line)
                 else:
                     self._headers += 1
-                    fast.add_one(this, self.tracker.header(seqs[this]))
+                    fast.add(this, [(self.tracker.header(seqs[this]), 1)])
                     if pids[this] is not None:
                         self.tracker.pid(pids[this])
                     line += nlines[record]
@@ -223,7 +230,7 @@ class Assembler:
             index += length
             part += length
         self.line = line
-        if fast.taken:
+        if fast.counts:
             self._clean_records(parts, fast, block_start)
 
     def _tokens(self, text: str, line: int, records: bool = True) -> int:
@@ -279,16 +286,15 @@ class Assembler:
         that the consumer materializes (the writer does so on its own thread).
         """
         before = parts["before"].to_numpy() + block_start  # lines before each record's blank line
-        keep = fast.mask & (before + 2 >= self.own_from) & (before + 2 <= self.own_to)
+        mask, process = fast.arrays()
+        keep = mask & (before + 2 >= self.own_from) & (before + 2 <= self.own_to)
         taken = int(keep.sum())
         if not taken:
             return
-        process = fast.process
         pids = parts["pid"].fill_null(-1).to_numpy()
         with_pid = keep & (pids >= 0)
         if with_pid.any():  # 0.24+: the process a pid was first seen under
             known = np.unique(pids[with_pid])
-            process = process.copy()
             process[with_pid] = np.array([self.tracker.pid_process[p] for p in known.tolist()], dtype=np.int32)[
                 np.searchsorted(known, pids[with_pid])
             ]
