@@ -50,9 +50,32 @@ CLEAN_PIECE = _rust("^" + spy.HEADER + r"\n" + spy.TS + r"\n" + _BODY_LINE + "*"
 _GLUED_TS = _rust(r":\d\d\.\d{3}\n")
 
 
+class Pieces(NamedTuple):
+    """A block's pieces, one array item each: where its text starts and ends in the block, its
+    line count as `spy` counts a token's lines (a last line without newline counts), the
+    lines of the block before it, whether it is clean."""
+
+    start: np.ndarray
+    end: np.ndarray
+    nlines: np.ndarray
+    before: np.ndarray
+    clean: np.ndarray
+
+
+class Parts(NamedTuple):
+    """The clean pieces' `spy.RecordParts` columns (``frame``, with ``before`` and ``nlines``),
+    and what the assembler reads of them in arrays (``pid`` -1: none printed)."""
+
+    frame: pl.DataFrame
+    before: np.ndarray
+    nlines: np.ndarray
+    seq: np.ndarray
+    pid: np.ndarray
+
+
 class Cut(NamedTuple):
-    pieces: pl.DataFrame
-    parts: pl.DataFrame
+    pieces: Pieces
+    parts: Parts
 
 
 def cut_ahead(texts: Iterable[str]) -> Iterator[tuple[str, Cut]]:
@@ -71,12 +94,7 @@ def cut_ahead(texts: Iterable[str]) -> Iterator[tuple[str, Cut]]:
 
 
 def cut_pieces(text: str) -> Cut:
-    """The pieces of a block, and the parts of its clean ones.
-
-    Pieces: ``start`` and ``end`` of each piece's text in ``text`` (they tile it), its line
-    count as `spy` counts a token's lines (a last line without newline counts), the lines
-    of the block before it (``before``), ``clean``.  Parts: one row per clean piece, in
-    order, with its ``before`` and ``nlines`` and the columns of `spy.RecordParts`.
+    """The pieces of a block (their texts tile it), and the parts of its clean ones.
 
     Polars sees the block's bytes with every non-ASCII byte masked (a piece that holds one
     is not clean, so the mask never reaches a row): byte offsets are character offsets.
@@ -112,21 +130,22 @@ def cut_pieces(text: str) -> Cut:
     )
     index = np.flatnonzero(clean)
     line_end = np.r_[seps, len(raw) - text.endswith("\n")][index]  # the newline (or end) after each Returned: line
-    parts, fits = _parts(np.frombuffer(raw, dtype=np.uint8), raw, newlines, content[index], line_end)
+    before = np.cumsum(nlines) - nlines
+    parts, fits = _parts(np.frombuffer(raw, dtype=np.uint8), raw, newlines, content[index], line_end, before[index], nlines[index])
     clean[index[~fits]] = False
-    parts = parts.filter(pl.Series(fits))
-    pieces = pl.DataFrame({"start": start, "end": end, "nlines": nlines, "before": np.cumsum(nlines) - nlines, "clean": clean})
-    return Cut(pieces, pl.concat([pieces.filter("clean").select("before", "nlines"), parts], how="horizontal"))
+    return Cut(Pieces(start, end, nlines, before, clean), parts)
 
 
 _ASCII_MASK = bytes(range(128)) + b"?" * 128
 _MAX_DIGITS = 18  # a longer number is left to the slow path (int64, and Python's int, agree below this)
 
 
-def _parts(buf: np.ndarray, raw: bytes, newlines: np.ndarray, first: np.ndarray, line_end: np.ndarray) -> tuple[pl.DataFrame, np.ndarray]:
-    """seq, func, pid, tid, ts, body, rv, rv_name of clean pieces, from where `CLEAN_PIECE`
-    put them (its lines are known: header, timestamp, body, ``Returned:``), and whether
-    every number fits ``_MAX_DIGITS``.  Strings are views of ``raw``: no text is copied."""
+def _parts(
+    buf: np.ndarray, raw: bytes, newlines: np.ndarray, first: np.ndarray, line_end: np.ndarray, before: np.ndarray, nlines: np.ndarray
+) -> tuple[Parts, np.ndarray]:
+    """The parts of clean pieces, cut where `CLEAN_PIECE` put them (its lines are known:
+    header, timestamp, body, ``Returned:``); and which pieces' numbers all fit
+    ``_MAX_DIGITS`` (the others are left out).  Strings are views of ``raw``: no text is copied."""
     header_end = newlines[np.searchsorted(newlines, first)]
     stamp_end = newlines[np.searchsorted(newlines, header_end + 1)]
     returned = newlines[np.searchsorted(newlines, line_end) - 1] + 1
@@ -138,21 +157,24 @@ def _parts(buf: np.ndarray, raw: bytes, newlines: np.ndarray, first: np.ndarray,
     tid, tid_digits = _number(buf, tid_start)
     negative = buf[returned + 11] == ord("-")  # "Returned:  " is 11 characters
     rv, rv_digits = _number(buf, returned + 11 + negative)
-    rv_name = returned + 12 + negative + rv_digits
     fits = (seq_digits <= _MAX_DIGITS) & (rv_digits <= _MAX_DIGITS) & (~has_pid | ((pid_digits <= _MAX_DIGITS) & (tid_digits <= _MAX_DIGITS)))
-    parts = pl.DataFrame(
+    pid = np.where(has_pid, pid, -1)[fits]
+    header_end, stamp_end, returned, line_end = header_end[fits], stamp_end[fits], returned[fits], line_end[fits]
+    frame = pl.DataFrame(
         {
-            "seq": seq,
-            "func": _views(buf, raw, first + seq_digits + 2, header_end),
-            "pid": pa.array(pid, mask=~has_pid),
-            "tid": pa.array(tid, mask=~has_pid),
+            "before": before[fits],
+            "nlines": nlines[fits],
+            "seq": seq[fits],
+            "func": _views(buf, raw, (first + seq_digits + 2)[fits], header_end),
+            "pid": pa.array(pid, mask=pid < 0),
+            "tid": pa.array(tid[fits], mask=pid < 0),
             "ts": _views(buf, raw, stamp_end - 23, stamp_end),
             "body": _views(buf, raw, stamp_end, returned),
-            "rv": np.where(negative, -rv, rv),
-            "rv_name": _views(buf, raw, rv_name, line_end),
+            "rv": np.where(negative, -rv, rv)[fits],
+            "rv_name": _views(buf, raw, (returned + 12 + negative + rv_digits)[fits], line_end),
         }
     )
-    return parts, fits
+    return Parts(frame, before[fits], nlines[fits], seq[fits], pid), fits
 
 
 def _at(buf: np.ndarray, position: np.ndarray) -> np.ndarray:

@@ -199,35 +199,36 @@ class Assembler:
         """
         self.dialects |= spy.dialect_hints(text)
         pieces, parts = cut or blocks.cut_pieces(text)
-        starts, ends, before, nlines = (pieces[name].to_list() for name in ("start", "end", "before", "nlines"))
-        seqs, pids = parts["seq"].to_list(), parts["pid"].to_list()
-        block_start, fast = self.line, _FastRows(parts.height)
-        line, index, part = block_start, 0, 0
-        for length, clean in pieces["clean"].rle().struct.unnest().iter_rows():
-            if not clean:
-                line = self._tokens(text[starts[index] : ends[index + length - 1]], line)
-                index += length
+        starts, ends, nlines, before = (array.tolist() for array in pieces[:4])
+        seqs, pids = parts.seq.tolist(), parts.pid.tolist()  # pid -1: none printed
+        block_start, fast = self.line, _FastRows(parts.seq.size)
+        line, part = block_start, 0
+        bounds = np.r_[0, np.flatnonzero(pieces.clean[1:] != pieces.clean[:-1]) + 1, pieces.clean.size].tolist()
+        for index, stop in zip(bounds, bounds[1:]):
+            length = stop - index
+            if not pieces.clean[index]:
+                line = self._tokens(text[starts[index] : ends[stop - 1]], line)
                 continue
             taken = 0
             while taken < length and self._open and self._headers - self._activity <= ACTIVE_HEADERS:
                 this, record = part + taken, index + taken
-                if self._overlaps_active(pids[this]):  # as `_fast_record` decides
+                pid = pids[this] if pids[this] >= 0 else None
+                if self._overlaps_active(pid):  # as `_fast_record` decides
                     line = self._clean_slow(text, starts[record], ends[record], line)
                 else:
                     self._headers += 1
                     fast.add(this, [(self.tracker.header(seqs[this]), 1)])
-                    if pids[this] is not None:
-                        self.tracker.pid(pids[this])
+                    if pid is not None:
+                        self.tracker.pid(pid)
                     line += nlines[record]
                 taken += 1
             if taken < length:
-                first, stop = part + taken, part + length
-                self._headers += stop - first
-                fast.add(first, self.tracker.headers(seqs[first:stop]))
-                for pid in set(pids[first:stop]) - {None}:
+                first, end = part + taken, part + length
+                self._headers += end - first
+                fast.add(first, self.tracker.headers(seqs[first:end]))
+                for pid in set(pids[first:end]) - {-1}:
                     self.tracker.pid(pid)
-                line = block_start + before[index + length - 1] + nlines[index + length - 1]
-            index += length
+                line = block_start + before[stop - 1] + nlines[stop - 1]
             part += length
         self.line = line
         if fast.counts:
@@ -278,27 +279,26 @@ class Assembler:
 
     # --- the fast path ---
 
-    def _clean_records(self, parts: pl.DataFrame, fast: _FastRows, block_start: int) -> None:
+    def _clean_records(self, parts: blocks.Parts, fast: _FastRows, block_start: int) -> None:
         """Emit a block's clean records that overlapped no active call (what `_fast_record`
         does for each, their processes already decided), in columns.
 
         Counts and coverage are taken here with numpy; the rows themselves are a lazy frame
         that the consumer materializes (the writer does so on its own thread).
         """
-        before = parts["before"].to_numpy() + block_start  # lines before each record's blank line
+        before = parts.before + block_start  # lines before each record's blank line
         mask, process = fast.arrays()
         keep = mask & (before + 2 >= self.own_from) & (before + 2 <= self.own_to)
         taken = int(keep.sum())
         if not taken:
             return
-        pids = parts["pid"].fill_null(-1).to_numpy()
-        with_pid = keep & (pids >= 0)
+        with_pid = keep & (parts.pid >= 0)
         if with_pid.any():  # 0.24+: the process a pid was first seen under
-            known = np.unique(pids[with_pid])
+            known = np.unique(parts.pid[with_pid])
             process[with_pid] = np.array([self.tracker.pid_process[p] for p in known.tolist()], dtype=np.int32)[
-                np.searchsorted(known, pids[with_pid])
+                np.searchsorted(known, parts.pid[with_pid])
             ]
-        nlines = int(parts["nlines"].to_numpy()[keep].sum())
+        nlines = int(parts.nlines[keep].sum())
         counts, coverage = self.counts, self.coverage
         counts.records += taken
         counts.complete += taken
@@ -307,7 +307,7 @@ class Assembler:
         coverage.record_lines += nlines - taken
         self.processes_used.update(np.unique(process[keep]).tolist())
         rows = (
-            parts.lazy()
+            parts.frame.lazy()
             .with_columns(pl.Series("process", process), pl.Series("keep", keep))
             .filter("keep")
             .with_columns(
