@@ -16,7 +16,7 @@ blank line in front of it (its first ``\n``) to the newline that ends its last l
     body         = NL { body-line } ;                              (* as in grammars.spy *)
 
 and a clean piece has exactly one ``Returned:`` and one ``:SS.mmm`` line end (its own
-timestamp's): ``spy.is_clean_body``.  A piece that is not clean is not necessarily wrong
+timestamp's): ``spy.is_clean_body`` (counted with numpy over the block's bytes).  A piece that is not clean is not necessarily wrong
 (an extra blank line, a record another thread's line interrupts): it goes to the scanner.
 """
 
@@ -47,7 +47,6 @@ def _rust(pattern: str) -> str:
 # followed by its separator, the blank line's two newlines (`_pieces`).
 _BODY_LINE = "(?:(?:" + "|".join(s for s in spy.BODY_STARTS if "compat" not in s) + r")[^\n]*\n|\[compat\]\n)"
 CLEAN_PIECE = _rust("^" + spy.HEADER + r"\n" + spy.TS + r"\n" + _BODY_LINE + "*" + spy.RETURNED + r"\n{0,2}$")
-_GLUED_TS = _rust(r":\d\d\.\d{3}\n")
 
 
 class Pieces(NamedTuple):
@@ -116,22 +115,19 @@ def cut_pieces(text: str) -> Cut:
         wide = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) >= 0x80)
         candidate[np.searchsorted(content, wide, side="right") - 1] = False
         raw = raw.translate(_ASCII_MASK)
-    piece = pl.col("piece")
-    clean = (
+    buf = np.frombuffer(raw, dtype=np.uint8)
+    clean = candidate & (_per_piece(_returned_at(buf), content) == 1) & (_per_piece(_stamp_ends(buf, newlines), content) == 1)
+    clean[clean] = (
         pl.DataFrame({"piece": _strings(raw, np.r_[content, len(raw)])})
-        .select(
-            piece.str.contains(CLEAN_PIECE)
-            & (piece.str.count_matches("Returned:", literal=True) == 1)
-            & (piece.str.count_matches(_GLUED_TS) == 1)
-        )
+        .filter(pl.Series(clean))
+        .select(pl.col("piece").str.contains(CLEAN_PIECE))
         .to_series()
         .to_numpy()
-        & candidate
     )
     index = np.flatnonzero(clean)
     line_end = np.r_[seps, len(raw) - text.endswith("\n")][index]  # the newline (or end) after each Returned: line
     before = np.cumsum(nlines) - nlines
-    parts, fits = _parts(np.frombuffer(raw, dtype=np.uint8), raw, newlines, content[index], line_end, before[index], nlines[index])
+    parts, fits = _parts(buf, raw, newlines, content[index], line_end, before[index], nlines[index])
     clean[index[~fits]] = False
     return Cut(Pieces(start, end, nlines, before, clean), parts)
 
@@ -175,6 +171,30 @@ def _parts(
         }
     )
     return Parts(frame, before[fits], nlines[fits], seq[fits], pid), fits
+
+
+def _per_piece(positions: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """How many of ``positions`` fall in each piece (pieces start at ``content``)."""
+    return np.bincount(np.searchsorted(content, positions, side="right") - 1, minlength=content.size)
+
+
+_RETURNED = np.frombuffer(b"Returned:", dtype=np.uint8)
+
+
+def _returned_at(buf: np.ndarray) -> np.ndarray:
+    """Where ``Returned:`` stands in the block (a clean piece has one: its own last line)."""
+    at = np.flatnonzero(buf[: buf.size - _RETURNED.size + 1] == _RETURNED[0])
+    for offset in range(1, _RETURNED.size):
+        at = at[buf[at + offset] == _RETURNED[offset]]
+    return at
+
+
+def _stamp_ends(buf: np.ndarray, newlines: np.ndarray) -> np.ndarray:
+    """The line ends that close a ``:SS.mmm`` (a clean piece has one: its own timestamp's);
+    `spy.is_clean_body`'s glued-timestamp test, for a whole block at once."""
+    at = newlines[newlines >= 7]
+    digit = lambda back: (buf[at - back] >= ord("0")) & (buf[at - back] <= ord("9"))  # noqa: E731
+    return at[(buf[at - 7] == ord(":")) & digit(6) & digit(5) & (buf[at - 4] == ord(".")) & digit(3) & digit(2) & digit(1)]
 
 
 def _at(buf: np.ndarray, position: np.ndarray) -> np.ndarray:
