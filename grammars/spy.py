@@ -50,10 +50,11 @@ the newest open record) or ``line`` tokens, classified by the line grammar ``SPY
 A line that is none of these is *foreign* (application output, a fragment of a split line);
 the stream reports it as unparsed with its line number.
 
-Speed: pyparsing is called once per clean record (one ``Regex`` over the whole record),
-once per body run and once per other slow-path line; the few fields a call record needs are read later from the
-record's body, a batch of records at a time (``grammars.body``).  A per-token grammar
-measured ~60x slower (``performance-notes.md``).
+Speed: most records are clean, and those are not scanned here one by one: ``RECORD_PATTERN``
+is run by Polars' Rust regex over every piece of a block at once (``grammars.blocks``), and
+pyparsing scans only the rest, once per body run, run of known lines or other line.  The few
+fields a call record needs are read later from the record's body, a batch of records at a
+time (``grammars.body``).  A per-token grammar measured ~60x slower (``performance-notes.md``).
 """
 
 from __future__ import annotations
