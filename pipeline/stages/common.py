@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import cache
 
 import polars as pl
 
@@ -39,6 +40,7 @@ CKR_PIN_LOCKED = 0xA4
 CKR_BUFFER_TOO_SMALL = 0x150
 
 CATEGORIES = ("ok", "benign", "incomplete", "error")
+CATEGORY = pl.Enum(CATEGORIES)
 FAMILIES = ("sign", "verify", "encrypt", "decrypt", "digest", "keygen", "wrap", "unwrap", "derive", "other")
 
 PROCESS_KEYS = ["source", "process", "pid_k"]
@@ -94,24 +96,28 @@ OK = pl.col("rv") == CKR_OK
 LOGIN = pl.col("func").is_in(["C_Login", "C_LoginUser"])
 
 
+@cache  # built once: expressions are immutable, and building them per batch costs Python time
 def category_expr() -> pl.Expr:
     """``incomplete``: no ``Returned:`` line; ``ok``: CKR_OK; ``benign``: the size query
     (CKR_BUFFER_TOO_SMALL) and C_GetAttributeValue probing (CKR_ATTRIBUTE_SENSITIVE,
-    CKR_ATTRIBUTE_TYPE_INVALID), which applications do on purpose; ``error``: the rest."""
+    CKR_ATTRIBUTE_TYPE_INVALID), which applications do on purpose; ``error``: the rest.
+    An ``Enum(CATEGORIES)`` built from enum literals (casting strings would cost 5x more)."""
     rv = pl.col("rv")
+    value = lambda name: pl.lit(name, CATEGORY)  # noqa: E731
     return (
         pl.when(~pl.col("complete") | rv.is_null())
-        .then(pl.lit("incomplete"))
+        .then(value("incomplete"))
         .when(rv == CKR_OK)
-        .then(pl.lit("ok"))
+        .then(value("ok"))
         .when(rv == CKR_BUFFER_TOO_SMALL)
-        .then(pl.lit("benign"))
+        .then(value("benign"))
         .when((pl.col("func") == "C_GetAttributeValue") & rv.is_in([CKR_ATTRIBUTE_SENSITIVE, CKR_ATTRIBUTE_TYPE_INVALID]))
-        .then(pl.lit("benign"))
-        .otherwise(pl.lit("error"))
+        .then(value("benign"))
+        .otherwise(value("error"))
     )
 
 
+@cache
 def family_expr() -> pl.Expr:
     return pl.col("func").replace_strict(FUNC_FAMILY, default=None, return_dtype=pl.String)
 
@@ -130,13 +136,14 @@ STAGE_COLUMNS = (
 BATCH_ROWS = 98_304
 COMPACT_EVERY = 8  # partial summaries held per reduction before they are combined into one
 
-# Per-batch state keys: ``src`` is a small integer standing for ``source`` (cheaper to hash).
-_THREAD = ["src", "process", "pid_k", "tid_k"]
-_PROCESS = ["src", "process", "pid_k"]
-_HANDLE = ["src", "process", "pid_k", "session"]
-_OPERATION = ["src", "process", "pid_k", "session", "family"]
-_LATENCY_COLUMNS = ["src", "process", "pid_k", "tid_k", "pos", "ts", "uncertain", "complete", "func", "op_mechanism", "category"]
-_AUTH_COLUMNS = ["src", "source", "process", "pid_k", "pos", "line", "func", "user_type"]
+# Per-batch state keys.  A batch and what it carries are of one source (see ``derive_batches``),
+# so ``source`` is no key here; the reductions put it back as ``Batch.source``.
+_THREAD = ["process", "pid_k", "tid_k"]
+_PROCESS = ["process", "pid_k"]
+_HANDLE = ["process", "pid_k", "session"]
+_OPERATION = ["process", "pid_k", "session", "family"]
+_LATENCY_COLUMNS = [*_THREAD, "pos", "ts", "uncertain", "complete", "func", "op_mechanism", "category"]
+_AUTH_COLUMNS = ["source", *_PROCESS, "pos", "line", "func", "user_type"]
 
 
 @dataclass(frozen=True)
@@ -150,8 +157,10 @@ class Batch:
     ``logins``: likewise the successful logins whose next login or logout became known, with
     ``logged_out`` (the next one is a successful C_Logout) -- ``source``, ``process``,
     ``pid_k``, ``line``, ``user_type``, ``pos``.
+    ``source``: the source of all those rows (None for the empty batch of an empty table).
     """
 
+    source: str | None
     calls: pl.DataFrame
     latency: pl.DataFrame
     logins: pl.DataFrame
@@ -196,7 +205,7 @@ def derive_batches(calls: pl.LazyFrame, batch_rows: int = BATCH_ROWS) -> Iterato
             if chunk is not None:
                 reading = reader.submit(_read, frame, chunk)
             # A source's batches are consecutive: after its last one, what is carried is final.
-            yield state.step(batch, offset, last=chunk is None or chunk[0] != source)
+            yield state.step(batch, source, offset, last=chunk is None or chunk[0] != source)
             offset += batch.height
             if chunk is None:
                 return
@@ -232,48 +241,51 @@ def line_ranges(frame: pl.LazyFrame, batch_rows: int) -> pl.DataFrame:
 class _Carry:
     """What one batch hands the next: per session handle its number of opens, per
     (session, family) the latest Init mechanism, the calls still waiting for their thread's
-    next entry and the logins still waiting for their process's next login or logout."""
+    next entry and the logins still waiting for their process's next login or logout.
+
+    The opens and Inits are carried as rows that stand, in front of the next batch, for the
+    earlier ones: a running count or a forward fill over the carried rows followed by the batch
+    continues where the last batch stopped (one narrow window operation, no join).
+    """
 
     def __init__(self) -> None:
-        self.opens = pl.DataFrame(schema={"src": pl.Int64, "process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "_opens": pl.UInt32})
-        self.inits = pl.DataFrame(schema={"src": pl.Int64, "process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "family": pl.String, "_init_before": pl.String})
+        self.opens = pl.DataFrame(schema={"process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "_open": pl.UInt32})
+        self.inits = pl.DataFrame(schema={"process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "family": pl.String, "_init": pl.String})
         self.waiting: pl.DataFrame | None = None  # latency candidates
         self.logins: pl.DataFrame | None = None
 
-    def step(self, raw: pl.DataFrame, offset: int, last: bool) -> Batch:
-        """Derive one batch (``offset``: its first ``pos``; ``last``: the last batch of its source)."""
+    def step(self, raw: pl.DataFrame, source: str | None, offset: int, last: bool) -> Batch:
+        """Derive one batch of ``source`` (``offset``: its first ``pos``; ``last``: the last batch of its source)."""
         frame = raw.with_columns(
-            pl.col("source").cast(pl.Categorical),  # cheap group keys; ``strings`` undoes it
-            pl.col("func").cast(pl.Categorical),
+            pl.lit(source, pl.String).alias("source"),  # one value: held once, not per row
+            pl.col("func").cast(pl.Categorical),  # cheap group keys; ``strings`` undoes it
             pl.col("pid").fill_null(-1).alias("pid_k"),
             pl.col("tid").fill_null(-1).alias("tid_k"),
             (pl.int_range(pl.len(), dtype=pl.Int64) + offset).alias("pos"),
-            category_expr().cast(pl.Enum(CATEGORIES)).alias("category"),
+            category_expr().alias("category"),
             family_expr().alias("family"),
-        ).drop("pid", "tid").with_columns(pl.col("source").to_physical().cast(pl.Int64).alias("src"))
-        # The session life: opens of the handle so far (this batch's cumulative count on top of the carried one).
-        is_open = (pl.col("func") == "C_OpenSession") & OK
-        frame = frame.with_columns(is_open.cum_sum().over(_HANDLE).alias("_opens_here"))
-        frame = frame.join(self.opens, on=_HANDLE, how="left", maintain_order="left").with_columns(
-            pl.when(pl.col("session").is_not_null()).then(pl.col("_opens_here") + pl.col("_opens").fill_null(0)).alias("life")
-        )
+        ).drop("pid", "tid")
+        # The session life: opens of the handle so far, the carried count included.
+        is_open = ((pl.col("func") == "C_OpenSession") & OK).cast(pl.UInt32).alias("_open")
+        opens = frame.select(*_HANDLE, is_open)
+        life = _continued(self.opens, opens, _HANDLE, pl.col("_open").cum_sum())
         # The mechanism of an operation's later calls: the latest Init of that family on that session.
-        init_mech = pl.when(pl.col("func").is_in(list(OP_INIT_FUNCS))).then(pl.col("mechanism"))
-        frame = frame.with_columns(init_mech.alias("_init"), init_mech.forward_fill().over(_OPERATION).alias("_init_here"))
-        frame = frame.join(self.inits, on=_OPERATION, how="left", maintain_order="left", nulls_equal=True).with_columns(
+        inits = frame.select(*_OPERATION, pl.when(pl.col("func").is_in(list(OP_INIT_FUNCS))).then(pl.col("mechanism")).alias("_init"))
+        latest_init = _continued(self.inits, inits, _OPERATION, pl.col("_init").forward_fill())
+        frame = frame.with_columns(
+            pl.when(pl.col("session").is_not_null()).then(life).alias("life"),
             pl.when(pl.col("func").is_in(list(MECHANISM_FUNCS)))
             .then(pl.col("mechanism"))
             .when(pl.col("func").is_in(list(CONTINUATION_FUNCS)) & pl.col("session").is_not_null())
-            .then(pl.coalesce("_init_here", "_init_before"))
-            .alias("op_mechanism")
+            .then(latest_init)
+            .alias("op_mechanism"),
         )
         if last:  # the end of a source: nothing is carried into the next one
             self.opens, self.inits = self.opens.clear(), self.inits.clear()
-        else:
-            opened = frame.filter(is_open & pl.col("session").is_not_null())  # only an open changes a handle's count
-            self.opens = _latest(self.opens, opened.select(*_HANDLE, pl.col("life").alias("_opens")), _HANDLE)
-            self.inits = _latest(self.inits, frame.filter(pl.col("_init").is_not_null()).select(*_OPERATION, pl.col("_init").alias("_init_before")), _OPERATION)
-        frame = frame.drop("_opens_here", "_opens", "_init", "_init_here", "_init_before")
+        else:  # only an open changes a handle's count, only an Init an operation's mechanism
+            opened = opens.with_columns(life.alias("_life")).filter((pl.col("_open") == 1) & pl.col("session").is_not_null())
+            self.opens = _latest(self.opens, opened.select(*_HANDLE, pl.col("_life").alias("_open")), _HANDLE)
+            self.inits = _latest(self.inits, inits.filter(pl.col("_init").is_not_null()), _OPERATION)
         latency, self.waiting = _next_known(
             self.waiting, frame.select(_LATENCY_COLUMNS), _THREAD, pl.col("ts").shift(-1).backward_fill(), last
         )
@@ -281,7 +293,8 @@ class _Carry:
         logins, self.logins = _next_known(self.logins, auth, _PROCESS, pl.col("func").shift(-1), last, keep=LOGIN)
         gap = (pl.col("_next") - pl.col("ts")).dt.total_milliseconds()
         return Batch(
-            calls=frame.drop("src"),
+            source=source,
+            calls=frame,
             latency=latency.select(
                 "func", "op_mechanism", "category", "ts", "pos",
                 pl.when(pl.col("uncertain") | ~pl.col("complete") | (gap < 0)).then(None).otherwise(gap).cast(pl.Int64).alias("latency_ms"),
@@ -290,6 +303,13 @@ class _Carry:
                 "source", "process", "pid_k", "line", "user_type", "pos", (pl.col("_next") == "C_Logout").fill_null(False).alias("logged_out")
             ),
         )
+
+
+def _continued(carried: pl.DataFrame, rows: pl.DataFrame, keys: list[str], expr: pl.Expr) -> pl.Series:
+    """``expr`` over ``keys`` on the carried rows followed by ``rows``: its values for ``rows``."""
+    if carried.is_empty():  # the first batch of a source
+        return rows.select(expr.over(keys)).to_series()
+    return pl.concat([carried, rows]).select(expr.over(keys)).to_series().slice(carried.height)
 
 
 def _latest(carried: pl.DataFrame, seen: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
@@ -366,6 +386,12 @@ def reduce_calls(calls: pl.LazyFrame, reductions: dict[str, Reduction], batch_ro
             pending = following
         keep(pending.result())
     return {name: strings(combined(name)) for name in reductions}
+
+
+def by_source(batch: Batch, frame: pl.LazyFrame, keys: list[str], *aggs: pl.Expr) -> pl.LazyFrame:
+    """``frame`` (rows of ``batch``) grouped by ``keys``, which start with ``source``: a batch has
+    one source, so it is no key of the grouping (cheaper) and comes back as a value."""
+    return frame.group_by(keys[1:]).agg(*aggs).select(pl.lit(batch.source, pl.String).alias("source"), pl.all())
 
 
 def restore_pid(frame: pl.LazyFrame) -> pl.LazyFrame:

@@ -70,10 +70,6 @@ def _lines() -> pl.Expr:
     return pl.col("line").sort().head(MAX_LINES).alias("lines")
 
 
-def _first() -> list[pl.Expr]:
-    return [pl.col("line").min().alias("line"), pl.len().cast(pl.Int64).alias("count"), _lines()]
-
-
 def _finish(frame: pl.LazyFrame, severity: pl.Expr | str, code: pl.Expr | str, message: pl.Expr, subject: pl.Expr | None = None, process: bool = False) -> pl.LazyFrame:
     return frame.select(
         (pl.lit(severity) if isinstance(severity, str) else severity).alias("severity"),
@@ -108,61 +104,71 @@ def _merged() -> list[pl.Expr]:
 def finding_hits() -> Reduction:
     """Per (kind, source, process, pid_k, func, subject, detail): first line, records, first lines."""
     return Reduction(
-        partial=lambda batch: pl.concat(_hit_rows(batch)).group_by(HIT_KEYS).agg(*_first()),
+        partial=lambda batch: pl.concat(_hit_groups(batch)),
         combine=lambda hits: hits.group_by(HIT_KEYS).agg(_merged()),
     )
 
 
-def _hit(frame: pl.LazyFrame, kind: str | pl.Expr, **keys: pl.Expr) -> pl.LazyFrame:
-    """One row per record of a finding ``kind`` (the other keys null)."""
-    return frame.select(
-        *((pl.lit(kind) if isinstance(kind, str) else kind).alias("kind") if name == "kind" else
-          pl.col("source") if name == "source" else keys.get(name, pl.lit(None)).cast(dtype).alias(name)
-          for name, dtype in HIT_SCHEMA.items()),
-        pl.col("line"),
+def _firsts(frame: pl.LazyFrame, **by: pl.Expr) -> pl.LazyFrame:
+    """The records of ``frame`` grouped ``by``: first line, records, first lines.  Records come
+    in line order (a batch is sorted by line), so a group's first lines need no sort."""
+    return frame.group_by(**by).agg(pl.col("line").min(), pl.len().cast(pl.Int64).alias("count"), pl.col("line").head(MAX_LINES).alias("lines"))
+
+
+_NO_KEYS = {name: pl.lit(None, dtype).alias(name) for name, dtype in HIT_SCHEMA.items()}  # built once
+
+
+def _as_hits(grouped: pl.LazyFrame, source: str | None, kind: str | pl.Expr, **keys: pl.Expr) -> pl.LazyFrame:
+    """Groups of one batch's records (``_firsts``) as hits of ``kind``: ``keys`` from the groups, the other keys null."""
+    value = {"source": pl.lit(source, pl.String), "kind": pl.lit(kind, pl.String) if isinstance(kind, str) else kind} | keys
+    return grouped.select(
+        *(value[name].cast(dtype).alias(name) if name in value else _NO_KEYS[name] for name, dtype in HIT_SCHEMA.items()), "line", "count", "lines"
     )
 
 
-def _hit_rows(batch: Batch) -> list[pl.LazyFrame]:
+def _hit(frame: pl.LazyFrame, source: str | None, kind: str | pl.Expr, **keys: pl.Expr) -> pl.LazyFrame:
+    """The records of a finding ``kind`` in one batch (of ``source``) as hits per ``keys``.
+
+    Each kind is grouped on its own keys before the hit columns are added, so the batch's
+    records never become hit rows.  ``source`` is one value in a batch: a key only for the
+    kinds without another one (``group_by`` needs one).
+    """
+    by = ({} if isinstance(kind, str) else {"kind": kind}) | keys or {"source": pl.col("source")}
+    return _as_hits(_firsts(frame, **by), source, pl.col("kind") if "kind" in by else kind, **{name: pl.col(name) for name in keys})
+
+
+def _hit_groups(batch: Batch) -> list[pl.LazyFrame]:
     calls = batch.calls.lazy()
+    hit = lambda frame, kind, **keys: _hit(frame, batch.source, kind, **keys)  # noqa: E731
     process = {"process": pl.col("process"), "pid_k": pl.col("pid_k")}
-    secrets = (
-        calls.filter(pl.col("secrets").is_not_null())
-        .select("source", "line", "func", pl.col("secrets").alias("item"))
-        .explode("item")
-        .filter(pl.col("item").is_not_null())
+    items = calls.filter(pl.col("secrets").is_not_null()).select("line", "func", pl.col("secrets").alias("item")).explode("item")
+    secrets = (  # grouped per dumped item before the items are cut into kind and name
+        _firsts(items, func=pl.col("func"), item=pl.col("item"))
         .with_columns(pl.col("item").str.split_exact(":", 1).struct.rename_fields(["secret", "name"]).alias("parts"))
         .unnest("parts")
         .filter(pl.col("secret").is_in(list(SECRET_CODES)))
     )
+    uses = mechanism_uses(_firsts(calls.filter(pl.col("op_mechanism").is_not_null()), op_mechanism=pl.col("op_mechanism"), func=pl.col("func")))
     logins = batch.logins.lazy().filter(~pl.col("logged_out"))
-    keys = _key_templates(calls.filter(pl.col("func").is_in(KEY_CREATING))).collect().lazy()  # used twice: computed once
-    has = lambda text: pl.col("key").list.contains(text)  # noqa: E731
-    key_kind = (
-        pl.when(has("CKA_SENSITIVE=False")).then(pl.lit("key-sensitive-false"))
-        .when(~has("CKA_SENSITIVE=True")).then(pl.lit("key-sensitive-missing"))
-    )
-    bits = pl.col("flags").list.eval(
-        pl.element().filter(pl.element().str.starts_with("pPublicKeyTemplate.CKA_MODULUS_BITS=")).str.extract(r"=(\d+)$").cast(pl.Int64)
-    ).list.first()
+    keys = _key_templates(calls).collect().lazy()  # used twice: computed once
     small = (
         calls.filter((pl.col("func") == "C_GenerateKeyPair") & OK & pl.col("flags").is_not_null())
-        .with_columns(bits.alias("bits"))
+        .with_columns(_MODULUS_BITS.alias("bits"))
         .filter(pl.col("bits") < 2048)
     )
     return [
-        _hit(secrets, "secret", func=pl.col("func"), subject=pl.col("name"), detail=pl.col("secret")),
-        _hit(calls.filter(pl.col("rv") == CKR_PIN_INCORRECT), "pin-failure", func=pl.col("func"), **process),
-        _hit(calls.filter(pl.col("rv") == CKR_PIN_LOCKED), "pin-locked", **process),
-        _hit(calls.filter(pl.col("func").is_in(["C_InitToken", "C_InitPIN", "C_SetPIN"])), "pin-admin",
-             func=pl.col("func"), detail=pl.when(OK).then(pl.lit("ok"))),
-        _hit(logins, "login-without-logout", subject=pl.col("user_type"), **process),
-        _hit(mechanism_uses(calls), "mechanism", subject=pl.col("mechanism"), detail=pl.col("family")),
-        _hit(keys.filter(key_kind.is_not_null()), key_kind, func=pl.col("func")),
-        _hit(keys.filter(has("CKA_EXTRACTABLE=True")), "key-extractable", func=pl.col("func")),
-        _hit(small, "rsa-key-small", subject=pl.col("bits")),
-        _hit(calls.filter(~pl.col("complete")), "incomplete", func=pl.col("func")),
-        _hit(calls.filter(pl.col("uncertain")), "uncertain"),
+        _as_hits(secrets, batch.source, "secret", func=pl.col("func"), subject=pl.col("name"), detail=pl.col("secret")),
+        hit(calls.filter(pl.col("rv") == CKR_PIN_INCORRECT), "pin-failure", func=pl.col("func"), **process),
+        hit(calls.filter(pl.col("rv") == CKR_PIN_LOCKED), "pin-locked", **process),
+        hit(calls.filter(pl.col("func").is_in(["C_InitToken", "C_InitPIN", "C_SetPIN"])), "pin-admin",
+            func=pl.col("func"), detail=pl.when(OK).then(pl.lit("ok"))),
+        hit(logins, "login-without-logout", subject=pl.col("user_type"), **process),
+        _as_hits(uses, batch.source, "mechanism", subject=pl.col("mechanism"), detail=pl.col("family")),
+        hit(keys.filter(_KEY_KIND.is_not_null()), _KEY_KIND, func=pl.col("func")),
+        hit(keys.filter(has_flag("CKA_EXTRACTABLE=True")), "key-extractable", func=pl.col("func")),
+        hit(small, "rsa-key-small", subject=pl.col("bits")),
+        hit(calls.filter(~pl.col("complete")), "incomplete", func=pl.col("func")),
+        hit(calls.filter(pl.col("uncertain")), "uncertain"),
     ]
 
 
@@ -275,26 +281,44 @@ def _weak(hits: pl.LazyFrame) -> pl.LazyFrame:
     return _finish(weak, pl.col("weakness_severity"), "weak-mechanism", message, subject=pl.col("mechanism"))
 
 
+PAIR_TEMPLATE = "pPrivateKeyTemplate."
+
+
+def _first_flag(prefix: str) -> pl.Expr:
+    """The value after ``prefix`` of the first flag that starts with it (null if none)."""
+    return pl.col("flags").list.eval(pl.element().filter(pl.element().str.starts_with(prefix)).str.strip_prefix(prefix)).list.first()
+
+
 def _key_templates(calls: pl.LazyFrame) -> pl.LazyFrame:
-    """Successful key-creating calls, with the flags of the template that describes the private/secret key."""
+    """Successful key-creating calls of a private or secret key, with ``template``: the prefix of
+    the flags of the template that describes that key (``pPrivateKeyTemplate.`` for a key pair,
+    none for the others, whose flags of other templates (``pPublicKeyTemplate.``...) are never
+    its plain ``CKA_`` names).  ``has_flag`` asks these flags without cutting the lists."""
     made = calls.filter(pl.col("func").is_in(KEY_CREATING) & OK & pl.col("flags").is_not_null())
-    pair = pl.col("flags").list.eval(
-        pl.element().filter(pl.element().str.starts_with("pPrivateKeyTemplate.")).str.strip_prefix("pPrivateKeyTemplate.")
-    )
-    plain = pl.col("flags").list.eval(pl.element().filter(~pl.element().str.contains(r"^\w+Template\.")))
-    key = pl.when(pl.col("func") == "C_GenerateKeyPair").then(pair).otherwise(plain)
-    klass = (
-        pl.col("key").list.eval(pl.element().filter(pl.element().str.starts_with("CKA_CLASS=")).str.strip_prefix("CKA_CLASS=")).list.first()
-    )
+    pair = pl.col("func") == "C_GenerateKeyPair"
+    klass = pl.when(pair).then(_first_flag(PAIR_TEMPLATE + "CKA_CLASS=")).otherwise(_first_flag("CKA_CLASS="))
     implied = pl.col("func").replace_strict(
         {"C_GenerateKey": "CKO_SECRET_KEY", "C_GenerateKeyPair": "CKO_PRIVATE_KEY", "C_UnwrapKey": "CKO_SECRET_KEY", "C_DeriveKey": "CKO_SECRET_KEY"},
         default=None, return_dtype=pl.String,
     )
     return (
-        made.select("source", "line", "func", key.alias("key"))
+        made.select("source", "line", "func", "flags", pl.when(pair).then(pl.lit(PAIR_TEMPLATE)).otherwise(pl.lit("")).alias("template"))
         .with_columns(pl.coalesce(klass, implied).alias("class"))
         .filter(pl.col("class").is_in(["CKO_PRIVATE_KEY", "CKO_SECRET_KEY"]))
     )
+
+
+def has_flag(text: str) -> pl.Expr:
+    """The key's template (``_key_templates``) holds the flag ``text`` (e.g. ``CKA_SENSITIVE=True``)."""
+    return pl.col("flags").list.contains(pl.col("template") + text)
+
+
+# Built once (building expressions per batch costs Python time, under the GIL the pass shares).
+_KEY_KIND = (
+    pl.when(has_flag("CKA_SENSITIVE=False")).then(pl.lit("key-sensitive-false"))
+    .when(~has_flag("CKA_SENSITIVE=True")).then(pl.lit("key-sensitive-missing"))
+)
+_MODULUS_BITS = _first_flag("pPublicKeyTemplate.CKA_MODULUS_BITS=").str.extract(r"(?:^|=)(\d+)$").cast(pl.Int64)  # r"=(\d+)$" of the whole flag
 
 
 def _key_findings(hits: pl.LazyFrame) -> list[pl.LazyFrame]:

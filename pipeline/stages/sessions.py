@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.stages.common import CONTINUATION_FUNCS, LOGIN, OK, PROCESS_KEYS, Reduction, restore_pid
+from pipeline.stages.common import CONTINUATION_FUNCS, LOGIN, OK, PROCESS_KEYS, Reduction, by_source, restore_pid
 
 SESSION_COLUMNS = [
     "source", "process", "pid", "session", "slot", "rw", "opened_ts", "closed_ts", "duration_ms", "ended_by",
@@ -54,30 +54,34 @@ def _rw() -> pl.Expr:
 
 
 def life_parts() -> Reduction:
-    """Per session life (``LIFE_KEYS``): where it starts, its open, its first close, its calls."""
+    """Per session life (``LIFE_KEYS``): where it starts, its open, its first close, its calls.
+
+    A life's open is its first call (an open starts a new life), so the open's slot, flags,
+    stamp and line are the first ones, kept when that first call is an open.
+    """
     is_open = (pl.col("func") == "C_OpenSession") & OK
     closed_here = (pl.col("func") == "C_CloseSession") & OK
-    at_open = lambda expr: expr.filter(is_open).first()  # noqa: E731 -- one open per life, at its start
+    at_open = lambda expr: pl.when(pl.col("_opened")).then(expr)  # noqa: E731 -- on the first call's values
     at_close = lambda expr: expr.filter(closed_here).first()  # noqa: E731
-    partial = lambda batch: (  # noqa: E731
-        batch.calls.lazy()
-        .filter(pl.col("session").is_not_null())
-        .group_by(LIFE_KEYS)
-        .agg(
-            pl.col("pos").min().alias("start_pos"),
-            at_open(pl.col("slot")).alias("slot"),
-            at_open(_rw()).alias("rw"),
-            at_open(pl.col("ts")).alias("opened_ts"),
-            at_open(pl.col("line")).alias("open_line"),
-            at_close(pl.col("pos")).alias("close_pos"),
-            at_close(pl.col("ts")).alias("close_ts"),
-            at_close(pl.col("line")).alias("close_line"),
-            pl.len().cast(pl.Int64).alias("calls"),
-            (pl.col("category") == "error").sum().cast(pl.Int64).alias("errors"),
-            (LOGIN & OK).any().alias("logged_in"),
-            pl.col("user_type").filter(LOGIN & OK).last().alias("user_type"),
-            (~pl.col("func").is_in([*CONTINUATION_FUNCS, "C_OpenSession", "C_CloseSession"])).sum().cast(pl.Int64).alias("operations"),
-        )
+    partial = lambda batch: by_source(  # noqa: E731
+        batch,
+        batch.calls.lazy().filter(pl.col("session").is_not_null()),
+        LIFE_KEYS,
+        pl.col("pos").min().alias("start_pos"),
+        is_open.first().alias("_opened"),
+        pl.col("slot", "flags", "ts", "line").first(),
+        at_close(pl.col("pos")).alias("close_pos"),
+        at_close(pl.col("ts")).alias("close_ts"),
+        at_close(pl.col("line")).alias("close_line"),
+        pl.len().cast(pl.Int64).alias("calls"),
+        (pl.col("category") == "error").sum().cast(pl.Int64).alias("errors"),
+        (LOGIN & OK).any().alias("logged_in"),
+        pl.col("user_type").filter(LOGIN & OK).last().alias("user_type"),
+        (~pl.col("func").is_in([*CONTINUATION_FUNCS, "C_OpenSession", "C_CloseSession"])).sum().cast(pl.Int64).alias("operations"),
+    ).select(
+        *LIFE_KEYS, "start_pos", at_open(pl.col("slot")), at_open(_rw()).alias("rw"),
+        at_open(pl.col("ts")).alias("opened_ts"), at_open(pl.col("line")).alias("open_line"),
+        "close_pos", "close_ts", "close_line", "calls", "errors", "logged_in", "user_type", "operations",
     )
     closed = pl.col("close_pos").is_not_null()
     combine = lambda parts: parts.group_by(LIFE_KEYS).agg(  # noqa: E731 -- parts in batch order
@@ -152,7 +156,10 @@ def process_counts() -> Reduction:
     """Per process: logins, logouts, failed logins, finalized or not, calls, first and last
     stamp, last line (the ``no-finalize`` finding points at it)."""
     return Reduction(
-        partial=lambda batch: batch.calls.lazy().group_by(PROCESS_KEYS).agg(
+        partial=lambda batch: by_source(
+            batch,
+            batch.calls.lazy(),
+            PROCESS_KEYS,
             (LOGIN & OK).sum().cast(pl.Int64).alias("logins"),
             ((pl.col("func") == "C_Logout") & OK).sum().cast(pl.Int64).alias("logouts"),
             (LOGIN & (pl.col("category") == "error")).sum().cast(pl.Int64).alias("login_failures"),
@@ -195,10 +202,11 @@ def processes(counts: pl.LazyFrame, lives: pl.LazyFrame, without_logout: pl.Lazy
                 lives.filter(pl.col("end_pos").is_not_null()).select(*PROCESS_KEYS, pl.col("end_pos").alias("at"), pl.lit(-1, pl.Int64).alias("delta")),
             ]
         )
-        .sort([*PROCESS_KEYS, "at", "delta"])
-        .with_columns(pl.col("delta").cum_sum().over(PROCESS_KEYS).alias("open_now"))
+        # Positions are global, so one sort on (position, ends first) orders every process's
+        # events; a group keeps the order of its rows.
+        .sort(pl.col("at") * 2 + (pl.col("delta") > 0))
         .group_by(PROCESS_KEYS)
-        .agg(pl.col("open_now").max().cast(pl.Int64).alias("max_concurrent_sessions"))
+        .agg(pl.col("delta").cum_sum().max().cast(pl.Int64).alias("max_concurrent_sessions"))
     )
     out = (
         counts.join(per_session, on=PROCESS_KEYS, how="left", nulls_equal=True)
