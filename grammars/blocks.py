@@ -145,29 +145,35 @@ def _parts(
     header_end = newlines[np.searchsorted(newlines, first)]
     stamp_end = newlines[np.searchsorted(newlines, header_end + 1)]
     returned = newlines[np.searchsorted(newlines, line_end) - 1] + 1
-    seq, seq_digits = _number(buf, first)
     has_pid = buf[header_end + 1] == ord("P")  # "P:<pid>; T:[0x]<tid> " (0.24+)
-    pid, pid_digits = _number(buf, header_end + 3)
+    negative = buf[returned + 11] == ord("-")  # "Returned:  " is 11 characters
+    (seq, pid, rv), (seq_digits, pid_digits, rv_digits) = _numbers(buf, first, header_end + 3, returned + 11 + negative)
     tid_start = header_end + 3 + pid_digits + 4
     tid_start = tid_start + 2 * ((_at(buf, tid_start) == ord("0")) & (_at(buf, tid_start + 1) == ord("x")))
-    tid, tid_digits = _number(buf, tid_start)
-    negative = buf[returned + 11] == ord("-")  # "Returned:  " is 11 characters
-    rv, rv_digits = _number(buf, returned + 11 + negative)
+    (tid,), (tid_digits,) = _numbers(buf, tid_start)
     fits = (seq_digits <= _MAX_DIGITS) & (rv_digits <= _MAX_DIGITS) & (~has_pid | ((pid_digits <= _MAX_DIGITS) & (tid_digits <= _MAX_DIGITS)))
     pid = np.where(has_pid, pid, -1)[fits]
     header_end, stamp_end, returned, line_end = header_end[fits], stamp_end[fits], returned[fits], line_end[fits]
+    func, ts, body, rv_name = _views(
+        buf,
+        raw,
+        ((first + seq_digits + 2)[fits], header_end),
+        (stamp_end - 23, stamp_end),
+        (stamp_end, returned),
+        ((returned + 12 + negative + rv_digits)[fits], line_end),
+    )
     frame = pl.DataFrame(
         {
             "before": before[fits],
             "nlines": nlines[fits],
             "seq": seq[fits],
-            "func": _views(buf, raw, (first + seq_digits + 2)[fits], header_end),
+            "func": func,
             "pid": pa.array(pid, mask=pid < 0),
             "tid": pa.array(tid[fits], mask=pid < 0),
-            "ts": _views(buf, raw, stamp_end - 23, stamp_end),
-            "body": _views(buf, raw, stamp_end, returned),
+            "ts": ts,
+            "body": body,
             "rv": np.where(negative, -rv, rv)[fits],
-            "rv_name": _views(buf, raw, (returned + 12 + negative + rv_digits)[fits], line_end),
+            "rv_name": rv_name,
         }
     )
     return Parts(frame, before[fits], nlines[fits], seq[fits], pid), fits
@@ -202,8 +208,10 @@ def _at(buf: np.ndarray, position: np.ndarray) -> np.ndarray:
     return buf[np.minimum(position, buf.size - 1)]
 
 
-def _number(buf: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The decimal number at each ``start``, and its count of digits (over ``_MAX_DIGITS``: too long)."""
+def _numbers(buf: np.ndarray, *starts: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """The decimal number at each of ``starts``' positions, and its count of digits (over
+    ``_MAX_DIGITS``: too long); all columns in one pass (numpy's cost is per call here)."""
+    start = np.concatenate(starts)
     window = _at(buf, start[:, None] + np.arange(_MAX_DIGITS + 1)) - np.uint8(ord("0"))  # a non-digit wraps past 9
     is_digit = window <= 9
     count = np.where(is_digit.all(axis=1), _MAX_DIGITS + 1, np.argmin(is_digit, axis=1))
@@ -211,12 +219,15 @@ def _number(buf: np.ndarray, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     for column in range(min(int(count.max(initial=0)), _MAX_DIGITS)):
         more = column < count
         value[more] = value[more] * 10 + window[more, column]
-    return value, count
+    cuts = np.cumsum([s.size for s in starts])[:-1]
+    return np.split(value, cuts), np.split(count, cuts)
 
 
-def _views(buf: np.ndarray, raw: bytes, start: np.ndarray, stop: np.ndarray) -> pa.Array:
-    """``raw[start[i]:stop[i]]`` for each i as an Arrow string view array over ``raw`` itself."""
-    size = stop - start
+def _views(buf: np.ndarray, raw: bytes, *spans: tuple[np.ndarray, np.ndarray]) -> list[pa.Array]:
+    """``raw[start[i]:stop[i]]`` for each i of each ``(start, stop)``, as Arrow string view
+    arrays over ``raw`` itself; all columns in one pass."""
+    start = np.concatenate([first for first, _ in spans])
+    size = np.concatenate([stop for _, stop in spans]) - start
     views = np.zeros((size.size, 16), dtype=np.uint8)
     views[:, 0:4] = size.astype("<i4").view(np.uint8).reshape(-1, 4)
     head = _at(buf, start[:, None] + np.arange(12))
@@ -224,7 +235,9 @@ def _views(buf: np.ndarray, raw: bytes, start: np.ndarray, stop: np.ndarray) -> 
     views[inline, 4:16] = np.where(np.arange(12) < size[inline, None], head[inline], 0)
     views[~inline, 4:8] = head[~inline, :4]
     views[~inline, 12:16] = start[~inline].astype("<i4").view(np.uint8).reshape(-1, 4)
-    return pa.Array.from_buffers(pa.string_view(), size.size, [None, pa.py_buffer(views), pa.py_buffer(raw)])
+    array = pa.Array.from_buffers(pa.string_view(), size.size, [None, pa.py_buffer(views), pa.py_buffer(raw)])
+    offsets = np.cumsum([0] + [first.size for first, _ in spans]).tolist()
+    return [array.slice(a, b - a) for a, b in zip(offsets, offsets[1:])]
 
 
 def _newlines(raw: bytes) -> np.ndarray:
