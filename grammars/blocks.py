@@ -75,21 +75,26 @@ class Parts(NamedTuple):
 class Cut(NamedTuple):
     pieces: Pieces
     parts: Parts
+    dialects: set[str]  # `spy.dialect_hints` of the block
 
 
 def cut_ahead(texts: Iterable[str]) -> Iterator[tuple[str, Cut]]:
-    """Each block with its cut; the next block is cut on a thread while this one is used.
+    """Each block with its cut; the next block is read and cut on a thread while this one is used.
 
-    Polars runs the cut without the GIL, so it overlaps the Python work of the assembler.
+    The reading (decoding, hashing) and Polars' and numpy's work run there, mostly without
+    the GIL, so they overlap the Python work of the assembler, which is the critical path.
     """
+    blocks = iter(texts)
+
+    def read_and_cut() -> tuple[str, Cut] | None:
+        text = next(blocks, None)
+        return None if text is None else (text, cut_pieces(text))
+
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="cut-ahead") as pool:
-        ahead = None
-        for text in texts:
-            if ahead is not None:
-                yield ahead[0], ahead[1].result()
-            ahead = text, pool.submit(cut_pieces, text)
-        if ahead is not None:
-            yield ahead[0], ahead[1].result()
+        ahead = pool.submit(read_and_cut)
+        while (block := ahead.result()) is not None:
+            ahead = pool.submit(read_and_cut)
+            yield block
 
 
 def cut_pieces(text: str) -> Cut:
@@ -129,7 +134,7 @@ def cut_pieces(text: str) -> Cut:
     before = np.cumsum(nlines) - nlines
     parts, fits = _parts(buf, raw, newlines, content[index], line_end, before[index], nlines[index])
     clean[index[~fits]] = False
-    return Cut(Pieces(start, end, nlines, before, clean), parts)
+    return Cut(Pieces(start, end, nlines, before, clean), parts, spy.dialect_hints(text))
 
 
 _ASCII_MASK = bytes(range(128)) + b"?" * 128

@@ -197,8 +197,8 @@ class Assembler:
         Runs of clean pieces (its ``cut``, made here if not given: `blocks.cut_ahead`) take
         the fast path; the text of the pieces between them is scanned by the grammar.
         """
-        self.dialects |= spy.dialect_hints(text)
-        pieces, parts = cut or blocks.cut_pieces(text)
+        pieces, parts, dialects = cut or blocks.cut_pieces(text)
+        self.dialects |= dialects
         starts, ends, nlines, before = (array.tolist() for array in pieces[:4])
         seqs, pids = parts.seq.tolist(), parts.pid.tolist()  # pid -1: none printed
         block_start, fast = self.line, _FastRows(parts.seq.size)

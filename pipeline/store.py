@@ -202,8 +202,8 @@ class CallsWriter:
         self._segments, self._frame_rows, self._text = [], 0, 0
         self._wait()
         gc.collect()  # the parse runs with automatic collection paused (`collection_per_batch`)
-        self._in_flight = self._thread.submit(self._write, batch)
         self.written += sum(segment.rows if isinstance(segment, CleanRows) else len(segment) for segment in batch)
+        self._in_flight = self._thread.submit(self._write, batch)  # which empties ``batch``
 
     def _write(self, batch: list[list[RawCall] | CleanRows]) -> None:
         rows = [row for segment in batch if isinstance(segment, list) for row in segment]
