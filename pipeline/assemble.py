@@ -317,8 +317,7 @@ class Assembler:
                 (pl.col("before") + block_start + pl.col("nlines")).alias("end_line"),
                 pl.lit(False).alias("uncertain"),
             )
-            .select(RAW_FRAME_SCHEMA.names())
-            .cast(RAW_FRAME_SCHEMA)
+            .select(RAW_FRAME_SCHEMA.names())  # the cut's and these columns have its types already
         )
         self.emit_frame(CleanRows(self.source, taken, rows))
 

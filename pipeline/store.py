@@ -201,7 +201,7 @@ class CallsWriter:
         self.rows.clear()  # the same list: producers hold its bound ``append``
         self._segments, self._frame_rows, self._text = [], 0, 0
         self._wait()
-        gc.collect()  # the parse runs with automatic collection paused (`collection_per_batch`)
+        gc.collect(1)  # the parse runs with automatic collection paused (`collection_per_batch`); the young generations hold the batch's garbage
         self.written += sum(segment.rows if isinstance(segment, CleanRows) else len(segment) for segment in batch)
         self._in_flight = self._thread.submit(self._write, batch)  # which empties ``batch``
 
