@@ -1,11 +1,12 @@
-r"""A block's clean call records, cut into columns in Rust (Polars), a whole block at a time.
+r"""A block's clean call records, tested and cut into columns a whole block at a time.
 
 Most records of a log are *clean*: a blank line, a header, a timestamp, body lines and a
 ``Returned:`` line, with nothing of another call glued in.  Those are the grammar's
 ``record`` (``grammars.spy``); here the same pattern is run by Polars' Rust regex over every
-record of a block at once, since Python work per record (pyparsing's call, the string cuts,
-the row tuple) was most of the parse's cost (``performance-notes.md``).  What is not
-certainly a clean record is left to the pyparsing scanner, which reads it as before.
+record of a block at once, and their fields are cut with numpy, since Python work per record
+(pyparsing's call, the string cuts, the row tuple) was most of the parse's cost
+(``performance-notes.md``).  What is not certainly a clean record is left to the pyparsing
+scanner, which reads it as before.
 
 A block is cut at its blank lines into *pieces* (numpy finds the blank lines; the pieces
 are views of the block's bytes, not Python strings); the text of piece *i* runs from the
@@ -16,8 +17,9 @@ blank line in front of it (its first ``\n``) to the newline that ends its last l
     body         = NL { body-line } ;                              (* as in grammars.spy *)
 
 and a clean piece has exactly one ``Returned:`` and one ``:SS.mmm`` line end (its own
-timestamp's): ``spy.is_clean_body`` (counted with numpy over the block's bytes).  A piece that is not clean is not necessarily wrong
-(an extra blank line, a record another thread's line interrupts): it goes to the scanner.
+timestamp's): ``spy.is_clean_body``, counted with numpy over the block's bytes.  A piece that
+is not clean is not necessarily wrong (an extra blank line, a record another thread's line
+interrupts): it goes to the scanner.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ def _rust(pattern: str) -> str:
 
 
 # `spy.RECORD_PATTERN` without its leading blank line, anchored at both ends; the compat
-# line's look-ahead (which Rust lacks) is spelled as the newline it looks at.  A piece is
-# followed by its separator, the blank line's two newlines (`_pieces`).
+# line's look-ahead (which Rust lacks) is spelled as the newline it looks at.  The string
+# it is run on runs to the next piece, so it ends in the blank line's two newlines.
 _BODY_LINE = "(?:(?:" + "|".join(s for s in spy.BODY_STARTS if "compat" not in s) + r")[^\n]*\n|\[compat\]\n)"
 CLEAN_PIECE = _rust("^" + spy.HEADER + r"\n" + spy.TS + r"\n" + _BODY_LINE + "*" + spy.RETURNED + r"\n{0,2}$")
 
@@ -73,6 +75,8 @@ class Parts(NamedTuple):
 
 
 class Cut(NamedTuple):
+    """What the assembler needs of a block, made off its thread (`cut_ahead`)."""
+
     pieces: Pieces
     parts: Parts
     dialects: set[str]  # `spy.dialect_hints` of the block
@@ -261,7 +265,7 @@ def _separators(newlines: np.ndarray, base: int) -> np.ndarray:
     return newlines[pairs]
 
 
-def _strings(utf8: bytes, offsets: np.ndarray) -> pl.Series:
-    """``utf8[offsets[i]:offsets[i + 1]]`` for each i, as one string column, without copying in Python."""
-    array = pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(utf8))
+def _strings(raw: bytes, offsets: np.ndarray) -> pl.Series:
+    """``raw[offsets[i]:offsets[i + 1]]`` for each i (ASCII), as one string column, without copying in Python."""
+    array = pa.LargeStringArray.from_buffers(len(offsets) - 1, pa.py_buffer(offsets.astype(np.int64)), pa.py_buffer(raw))
     return pl.from_arrow(array)
