@@ -375,8 +375,9 @@ class Assembler:
             self._slow_line(one, line, spy.known_kind(one))
         if returned > stamp_end + 1:
             line = self._body_run(text, stamp_end + 1, returned, line)
+        last = text[returned:end].rstrip("\n")
         line += 1
-        self._slow_line(text[returned:end].rstrip("\n"), line, spy.known_kind(text[returned:end].rstrip("\n")))
+        self._slow_line(last, line, spy.known_kind(last))
         return line
 
     def _slow_lines(self, text: str, start: int, end: int, line: int) -> int:
