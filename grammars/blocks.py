@@ -162,14 +162,10 @@ def _parts(
     (tid,), (tid_digits,) = _numbers(buf, tid_start)
     fits = (seq_digits <= _MAX_DIGITS) & (rv_digits <= _MAX_DIGITS) & (~has_pid | ((pid_digits <= _MAX_DIGITS) & (tid_digits <= _MAX_DIGITS)))
     pid = np.where(has_pid, pid, -1)[fits]
+    func_start, name_start = first + seq_digits + 2, returned + 12 + negative + rv_digits
     header_end, stamp_end, returned, line_end = header_end[fits], stamp_end[fits], returned[fits], line_end[fits]
     func, ts, body, rv_name = _views(
-        buf,
-        raw,
-        ((first + seq_digits + 2)[fits], header_end),
-        (stamp_end - 23, stamp_end),
-        (stamp_end, returned),
-        ((returned + 12 + negative + rv_digits)[fits], line_end),
+        buf, raw, (func_start[fits], header_end), (stamp_end - 23, stamp_end), (stamp_end, returned), (name_start[fits], line_end)
     )
     frame = pl.DataFrame(
         {
