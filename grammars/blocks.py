@@ -118,8 +118,8 @@ def cut_pieces(text: str) -> Cut:
     nlines = np.searchsorted(newlines, end) - np.searchsorted(newlines, start)
     if end[last] > start[last] and not text.endswith("\n"):
         nlines[last] += 1  # a last line without newline
-    candidate = np.ones(content.size, dtype=bool)
-    candidate[0] = base == 1  # no blank line in front: not a record
+    candidate = np.full(content.size, len(raw) < _MAX_VIEW_OFFSET)  # a string view's offset is 32 bits
+    candidate[0] &= base == 1  # no blank line in front: not a record
     if not raw.isascii():
         wide = np.flatnonzero(np.frombuffer(raw, dtype=np.uint8) >= 0x80)
         candidate[np.searchsorted(content, wide, side="right") - 1] = False
@@ -142,6 +142,7 @@ def cut_pieces(text: str) -> Cut:
 
 
 _ASCII_MASK = bytes(range(128)) + b"?" * 128
+_MAX_VIEW_OFFSET = 1 << 31  # a block this large (one record of 2 GiB) is left to the scanner
 _MAX_DIGITS = 18  # a longer number is left to the slow path (int64, and Python's int, agree below this)
 
 
