@@ -118,22 +118,17 @@ def _arrow(frame: pl.DataFrame) -> pa.Table:
     return frame.to_arrow(compat_level=pl.CompatLevel.oldest()).cast(CALLS_SCHEMA)
 
 
-def _in_line_order(frame: pl.DataFrame, sources: dict[str, int] | None = None) -> pl.DataFrame:
-    """Rows by line within each source; sources by their rank in ``sources``, else in the
-    order they first appear."""
-    if sources is None:
-        return frame.sort(pl.int_range(pl.len()).min().over("source"), "line")
-    return frame.sort(pl.col("source").replace_strict(sources, return_dtype=pl.Int64), "line")
+def _in_line_order(frame: pl.DataFrame, ranks: dict[str, int]) -> pl.DataFrame:
+    """Rows by line within each source; sources by their rank (the order they first came in)."""
+    return frame.sort(pl.col("source").replace_strict(ranks, return_dtype=pl.Int64), "line")
 
 
-def _source_ranks(batch: list[list[RawCall] | CleanRows]) -> dict[str, int]:
-    """Each source's rank by its first row in the batch (rows and clean rows are converted apart)."""
-    ranks: dict[str, int] = {}
+def _rank_sources(batch: list[list[RawCall] | CleanRows], ranks: dict[str, int]) -> None:
+    """Give each new source of the batch the next rank, in the order its first row came
+    (rows and clean rows are converted apart, so the frame's own order cannot tell)."""
     for segment in batch:
-        names = [segment.source] if isinstance(segment, CleanRows) else (r.source for r in segment)
-        for name in names:
+        for name in [segment.source] if isinstance(segment, CleanRows) else (r.source for r in segment):
             ranks.setdefault(name, len(ranks))
-    return ranks
 
 
 class CallsWriter:
@@ -164,6 +159,7 @@ class CallsWriter:
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="calls-writer")
         self._in_flight: Future | None = None
         self._reached: dict[str, int] = {}  # per source, the last line written in order
+        self._ranks: dict[str, int] = {}  # per source, the order it first came in
         self._late: list[pl.DataFrame] = []  # rows behind it, converted (bodies dropped)
 
     def flush_if_full(self, text_read: int = 0) -> None:
@@ -208,11 +204,11 @@ class CallsWriter:
     def _write(self, batch: list[list[RawCall] | CleanRows]) -> None:
         rows = [row for segment in batch if isinstance(segment, list) for row in segment]
         clean = [segment for segment in batch if isinstance(segment, CleanRows)]
-        ranks = _source_ranks(batch)
+        _rank_sources(batch, self._ranks)
         batch.clear()  # the executor holds the list: let the bodies (and the blocks the clean rows view) go with the frame
         frame = records_frame(rows, clean)
         del rows, clean
-        frame = _in_line_order(frame, ranks)
+        frame = _in_line_order(frame, self._ranks)
         behind = pl.col("line") <= pl.col("source").replace_strict(self._reached, default=0, return_dtype=pl.Int64)
         late = frame.filter(behind)
         frame = frame.filter(~behind)
@@ -227,7 +223,7 @@ class CallsWriter:
     def _write_late(self) -> None:
         if self._late:
             late, self._late = pl.concat(self._late), []
-            self._write_table(_in_line_order(late))
+            self._write_table(_in_line_order(late, self._ranks))
 
     def _write_table(self, frame: pl.DataFrame) -> None:
         if frame.height:
