@@ -240,6 +240,18 @@ def test_killed_runs_then_rerun_equal_one_shot(traces, tmp_path):
     assert {str(p.relative_to(calls)) for p in calls.rglob("*") if p.is_file()} == listed  # no leftovers
 
 
+def test_first_run_killed_after_writing_parts_then_rerun_equals_one_shot(traces, tmp_path):
+    """The random-moment kill below once landed here: parts written, no state committed yet."""
+    log = tmp_path / "a.log"
+    log.write_bytes(traces["mixed"].read_bytes())
+    cfg = config(tmp_path, [str(log)])
+    killed = cli(cfg, {KILL_ENV: "written"})
+    assert killed.returncode == -9, killed.stderr
+    assert any((tmp_path / "out" / "calls").glob("date=*/part-*.parquet"))
+    job(cfg)
+    assert_equals_one_shot(tmp_path / "out", [log], tmp_path / "one")
+
+
 def test_killed_at_a_random_moment_then_rerun_equals_one_shot(traces, tmp_path):
     log = tmp_path / "big.log"
     log.write_bytes(traces["mixed"].read_bytes() * 6)

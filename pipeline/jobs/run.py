@@ -119,6 +119,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
         if calls_dir.is_dir() and any(calls_dir.glob("date=*/part-*.parquet")):
             raise StateError(f"{calls_dir} holds data but {state_path} is missing; move the output folder away to start over")
         state = State()
+        save_state(state_path, state)  # before any part: a first run killed later leaves parts this state disowns
     before = json.dumps(state.to_json(), sort_keys=True)
     dataset.cleanup(calls_dir, state)
     calls_dir.mkdir(exist_ok=True)
