@@ -29,7 +29,7 @@ from __future__ import annotations
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -244,9 +244,7 @@ class Assembler:
             elif kind == "run":
                 line = self._body_run(text, start, end, line)
             elif kind is not None:  # whole lines whose kinds need no grammar call
-                for one in text[start : end - 1].split("\n"):
-                    line += 1
-                    self._slow_line(one, line, spy.known_kind(one))
+                line = self._known_lines(text[start : end - 1].split("\n"), line)
             else:
                 line = self._slow_lines(text, start, end, line)
         return line
@@ -370,14 +368,16 @@ class Assembler:
         header_end = text.index("\n", start + 1)
         stamp_end = text.index("\n", header_end + 1)
         returned = text.rindex("\nReturned:  ", start, end) + 1
-        for one in ("", text[start + 1 : header_end], text[header_end + 1 : stamp_end]):
-            line += 1
-            self._slow_line(one, line, spy.known_kind(one))
+        line = self._known_lines(("", text[start + 1 : header_end], text[header_end + 1 : stamp_end]), line)
         if returned > stamp_end + 1:
             line = self._body_run(text, stamp_end + 1, returned, line)
-        last = text[returned:end].rstrip("\n")
-        line += 1
-        self._slow_line(last, line, spy.known_kind(last))
+        return self._known_lines((text[returned:end].rstrip("\n"),), line)
+
+    def _known_lines(self, lines: Iterable[str], line: int) -> int:
+        """Blank, header, timestamp and ``Returned:`` lines (`spy.known_kind`), after line ``line``."""
+        for one in lines:
+            line += 1
+            self._slow_line(one, line, spy.known_kind(one))
         return line
 
     def _slow_lines(self, text: str, start: int, end: int, line: int) -> int:
