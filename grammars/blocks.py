@@ -126,13 +126,7 @@ def cut_pieces(text: str) -> Cut:
         raw = raw.translate(_ASCII_MASK)
     buf = np.frombuffer(raw, dtype=np.uint8)
     clean = candidate & (_per_piece(_returned_at(buf), content) == 1) & (_per_piece(_stamp_ends(buf, newlines), content) == 1)
-    clean[clean] = (
-        pl.DataFrame({"piece": _strings(raw, np.r_[content, len(raw)])})
-        .filter(pl.Series(clean))
-        .select(pl.col("piece").str.contains(CLEAN_PIECE))
-        .to_series()
-        .to_numpy()
-    )
+    clean[clean] = _strings(raw, np.r_[content, len(raw)]).filter(clean).str.contains(CLEAN_PIECE).to_numpy()
     index = np.flatnonzero(clean)
     line_end = np.r_[seps, len(raw) - text.endswith("\n")][index]  # the newline (or end) after each Returned: line
     before = np.cumsum(nlines) - nlines
