@@ -214,7 +214,7 @@ class Assembler:
                 this, record = part + taken, index + taken
                 pid = pids[this] if pids[this] >= 0 else None
                 if self._overlaps_active(pid):  # as `_fast_record` decides
-                    line = self._clean_slow(text, starts[record], ends[record], line)
+                    line = self._clean_slow(spy.record_parts(text[starts[record] : ends[record]]), line, nlines[record])
                 else:
                     self._headers += 1
                     fast.add(this, [(self.tracker.header(seqs[this]), 1)])
@@ -332,7 +332,7 @@ class Assembler:
         if not spy.is_clean_body(parts.body):
             return self._tokens(text[start:end], line, records=False)
         if not self._fast_record(parts, line, nlines):
-            return self._clean_slow(text, start, end, line)
+            return self._clean_slow(parts, line, nlines)
         if self.own_from <= line + 2 <= self.own_to:
             coverage = self.coverage
             coverage.lines += nlines
@@ -358,20 +358,37 @@ class Assembler:
 
     # --- the slow path ---
 
-    def _clean_slow(self, text: str, start: int, end: int, line: int) -> int:
+    def _clean_slow(self, parts: spy.RecordParts, line: int, nlines: int) -> int:
         """A clean record that must take the slow path (it overlaps an active call).
 
-        Scanned without its ``record`` alternative, it is a blank line, its header and
-        timestamp, one body run (its body has no glued unit) and its ``Returned:`` line: those
-        tokens are fed here without scanning.  Returns the line number reached.
+        Scanned without its ``record`` alternative it is a blank line, its header and
+        timestamp, one body run (its body has no glued unit) and its ``Returned:`` line; each
+        of those units opens, fills or closes this same record, so the steps `_slow_line` and
+        `_body_run` would take for them are taken here at once, from the record's parts.
+        Returns the line number reached (its ``Returned:`` line).
         """
-        header_end = text.index("\n", start + 1)
-        stamp_end = text.index("\n", header_end + 1)
-        returned = text.rindex("\nReturned:  ", start, end) + 1
-        line = self._known_lines(("", text[start + 1 : header_end], text[header_end + 1 : stamp_end]), line)
-        if returned > stamp_end + 1:
-            line = self._body_run(text, stamp_end + 1, returned, line)
-        return self._known_lines((text[returned:end].rstrip("\n"),), line)
+        seq, func, pid, tid, ts, body, rv, rv_name = parts
+        first, last = line + 1, line + nlines  # its blank line, its Returned: line
+        owned = max(0, min(last, self.own_to) - max(first, self.own_from) + 1)
+        blank = self.own_from <= first <= self.own_to
+        coverage = self.coverage
+        coverage.lines += owned
+        coverage.blank_lines += blank
+        coverage.record_lines += owned - blank
+        self._open_record(seq, func, line + 2)
+        record = self._open[-1]  # the newest open record: its timestamp, body and Returned: go to it
+        record.ts = ts
+        if pid is not None:
+            record.pid, record.tid = pid, tid
+            record.process = self.tracker.pid(pid)
+            self._threads[pid, tid] += 1
+            self._thread_moved_on(record)
+        self._touch(record)
+        if len(body) > 1:  # body lines: ``body`` is "\n" + lines, each ending in "\n"
+            record.body.append(body[1:-1])
+        record.rv, record.rv_name, record.end_line = rv, rv_name, last
+        self._close(record)
+        return last
 
     def _known_lines(self, lines: Iterable[str], line: int) -> int:
         """Blank, header, timestamp and ``Returned:`` lines (`spy.known_kind`), after line ``line``."""
