@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from pipeline.cli.progress import byte_progress
-from pipeline.parallel import default_workers
+from pipeline.parallel import MIN_RANGE_BYTES, default_workers
 from pipeline.parse import check_inputs, input_size, parse_logs
 
 
@@ -32,7 +32,7 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder (created if missing)")
     p.add_argument(
         "-j", "--workers", type=_positive, default=default_workers(), metavar="N",
-        help="worker processes for a large log, one per 32 MiB at most (default: the CPUs available, %(default)s here)",
+        help=f"worker processes for a large log, one per {MIN_RANGE_BYTES >> 20} MiB at most (default: the CPUs available, %(default)s here)",
     )
 
 
