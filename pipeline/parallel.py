@@ -75,8 +75,8 @@ class Layout:
 
 
 def scan_layout(path: str, offsets: list[int], chunk: int = 1 << 20) -> Layout:
-    """One fast byte-level pass up to the last of ``offsets``: at each, the lines before it and
-    the process state (`ProcessTracker`), replayed from banner and header lines alone."""
+    """One fast byte-level pass up to the last of ``offsets`` (line starts): at each, the lines
+    before it and the process state (`ProcessTracker`), replayed from banner and header lines alone."""
     digest = hashlib.sha256()
     tracker = ProcessTracker()
     pending = sorted(set(offsets))
@@ -93,23 +93,33 @@ def scan_layout(path: str, offsets: list[int], chunk: int = 1 << 20) -> Layout:
                 data, rest = data[:cut], data[cut:]
             else:
                 rest = b""
-            for m in _EVENT.finditer(b"\n" + data):  # each line start is behind a newline
-                at = offset + m.start()
-                while pending and pending[0] <= at:
-                    mark = pending.pop(0)
-                    states[mark] = (newlines + data.count(b"\n", 0, mark - offset), tracker.copy())
-                if m.group(1) is None:
-                    tracker.banner()
-                else:
-                    tracker.header(int(m.group(1)))
+            start = 0
             while pending and pending[0] <= offset + len(data):
-                mark = pending.pop(0)
-                states[mark] = (newlines + data.count(b"\n", 0, mark - offset), tracker.copy())
+                mark = pending.pop(0) - offset
+                _replay(tracker, data[start:mark])
+                states[offset + mark] = (newlines + data.count(b"\n", 0, mark), tracker.copy())
+                start = mark
+            _replay(tracker, data[start:])
             newlines += data.count(b"\n")
             offset += len(data)
             if not read:
                 break
         return Layout(states, digest, fh.tell())
+
+
+def _replay(tracker: ProcessTracker, lines: bytes) -> None:
+    """Give ``tracker`` the banner and header lines of ``lines`` (whole lines), in order; the
+    headers between two banners as one list (`ProcessTracker.headers`: once per stretch of
+    consecutive counters, not once per call)."""
+    seqs: list[int] = []
+    for counter in _EVENT.findall(b"\n" + lines):  # each line start is behind a newline
+        if counter:
+            seqs.append(int(counter))
+        else:  # a banner
+            tracker.headers(seqs)
+            seqs = []
+            tracker.banner()
+    tracker.headers(seqs)
 
 
 def _boundary_at_or_after(path: str, offset: int, size: int) -> int:
