@@ -44,7 +44,6 @@ CATEGORY = pl.Enum(CATEGORIES)
 FAMILIES = ("sign", "verify", "encrypt", "decrypt", "digest", "keygen", "wrap", "unwrap", "derive", "other")
 
 PROCESS_KEYS = ["source", "process", "pid_k"]
-THREAD_KEYS = ["source", "process", "pid_k", "tid_k"]
 
 # Functions of each operation family.  Init starts an operation; the others continue it.
 _FAMILY_FUNCS: dict[str, tuple[str, ...]] = {
