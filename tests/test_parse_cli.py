@@ -136,3 +136,17 @@ def test_many_batches_keep_every_row(tmp_path, monkeypatch):
     calls = pl.read_parquet(tmp_path / "calls.parquet")
     assert calls.height == sum(header_counts(p.read_bytes()).total() for p in (KEYGEN, MULTI))
     assert calls.select("source", "line").is_unique().all()
+
+
+@pytest.mark.parametrize("preset", [None, "jemalloc"])
+def test_command_picks_the_system_arrow_allocator_unless_one_is_set(monkeypatch, preset):
+    """Freed batches go back to the OS (bounded RSS); a user's own choice is kept."""
+    from pipeline.cli import main
+
+    if preset is None:
+        monkeypatch.delenv("ARROW_DEFAULT_MEMORY_POOL", raising=False)
+    else:
+        monkeypatch.setenv("ARROW_DEFAULT_MEMORY_POOL", preset)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert os.environ["ARROW_DEFAULT_MEMORY_POOL"] == (preset or "system")
