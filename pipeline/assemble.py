@@ -369,7 +369,7 @@ class Assembler:
         """
         seq, func, pid, tid, ts, body, rv, rv_name = parts
         first, last = line + 1, line + nlines  # its blank line, its Returned: line
-        owned = max(0, min(last, self.own_to) - max(first, self.own_from) + 1)
+        owned = self._owned(first, last)
         blank = self.own_from <= first <= self.own_to
         coverage = self.coverage
         coverage.lines += owned
@@ -389,6 +389,10 @@ class Assembler:
         record.rv, record.rv_name, record.end_line = rv, rv_name, last
         self._close(record)
         return last
+
+    def _owned(self, first: int, last: int) -> int:
+        """How many of the lines ``first`` .. ``last`` are this assembler's to account for."""
+        return max(0, min(last, self.own_to) - max(first, self.own_from) + 1)
 
     def _known_lines(self, lines: Iterable[str], line: int) -> int:
         """Blank, header, timestamp and ``Returned:`` lines (`spy.known_kind`), after line ``line``."""
@@ -411,7 +415,7 @@ class Assembler:
         one by one; with no record open they are unparsed.
         """
         first, last = line + 1, line + text.count("\n", start, end)
-        owned = max(0, min(last, self.own_to) - max(first, self.own_from) + 1)
+        owned = self._owned(first, last)
         coverage = self.coverage
         coverage.lines += owned
         if self._open:
