@@ -10,7 +10,8 @@ machine that follows the spy's own rules (format notes §6-§8):
 * a timestamp unit belongs to the newest open record that has none yet;
 * a ``Returned:`` unit closes the newest open record that has a timestamp (a call cannot
   return before it was stamped), else the newest open one;
-* other spy units belong to the newest open record; foreign lines are unparsed;
+* other spy units belong to the newest open record; foreign lines are *other* text, and
+  spy-shaped lines no record could take are *unreadable* (`Coverage`);
 * an open record is given up (``complete = False``) when its thread starts another call
   (same ``P:``/``T:``), when more than 64 records are open, or at the end of the input.
   (Another process's chunks may arrive hundreds of records later, §7, so age alone is no
@@ -45,33 +46,56 @@ MAX_OPEN = 64
 
 @dataclass
 class Coverage:
-    """Where every input line went; the parts add up to ``lines``."""
+    """Where every input line went; the parts add up to ``lines``.
+
+    A line that no record took is either an *unreadable* call-record line (shaped like spy
+    output -- a header, stamp, ``Returned:``, ``[in]``/``[out]`` or dump line -- that could not
+    be read into a call: a record was lost, and the user is warned) or *other* text
+    (application output, prose, comments: nothing of the trace is lost).
+    ``unparsed_lines`` is their sum, kept for readers of older manifests.
+    """
 
     lines: int = 0
     record_lines: int = 0
     banner_lines: int = 0
     blank_lines: int = 0
     unparsed_lines: int = 0
-    unparsed_spans: list[list[int]] = field(default_factory=list)  # [first, last] line numbers, 1-based
+    unreadable_lines: int = 0
+    unreadable_spans: list[list[int]] = field(default_factory=list)  # [first, last] line numbers, 1-based
+    other_lines: int = 0
+    other_spans: list[list[int]] = field(default_factory=list)
 
     MAX_SPANS = 100_000
 
-    def add_unparsed(self, line: int, last: int | None = None) -> None:
-        """Lines ``line`` .. ``last`` (default: just ``line``) were not parsed."""
-        last = line if last is None else last
+    def add_unreadable(self, line: int, last: int | None = None) -> None:
+        """Lines ``line`` .. ``last`` (default: just ``line``) look like spy output but were not read."""
+        self.unreadable_lines += self._add(self.unreadable_spans, line, line if last is None else last)
+
+    def add_other(self, line: int, last: int | None = None) -> None:
+        """Lines ``line`` .. ``last`` (default: just ``line``) are not spy output."""
+        self.other_lines += self._add(self.other_spans, line, line if last is None else last)
+
+    def _add(self, spans: list[list[int]], line: int, last: int) -> int:
         self.unparsed_lines += last - line + 1
-        spans = self.unparsed_spans
         if spans and spans[-1][1] == line - 1:
             spans[-1][1] = last
         elif len(spans) < self.MAX_SPANS:
             spans.append([line, last])
+        return last - line + 1
+
+    @property
+    def unparsed_spans(self) -> list[list[int]]:
+        """Both kinds of spans in line order (what `pipeline.jobs` checkpoints until it keeps them apart)."""
+        return sorted(self.unreadable_spans + self.other_spans)
 
     def absorb(self, later: Coverage) -> None:
         """Add the coverage of the lines that follow (a parallel worker's range)."""
         for name in ("lines", "record_lines", "banner_lines", "blank_lines"):
             setattr(self, name, getattr(self, name) + getattr(later, name))
-        for first, last in later.unparsed_spans:
-            self.add_unparsed(first, last)
+        for first, last in later.unreadable_spans:
+            self.add_unreadable(first, last)
+        for first, last in later.other_spans:
+            self.add_other(first, last)
 
 
 @dataclass
@@ -424,8 +448,8 @@ class Assembler:
             self._touch(record)
             record.end_line = last
             coverage.record_lines += owned
-        elif owned:
-            coverage.add_unparsed(max(first, self.own_from), min(last, self.own_to))
+        elif owned:  # body lines of a record whose header is not in the log (or was lost)
+            coverage.add_unreadable(max(first, self.own_from), min(last, self.own_to))
         return last
 
     def _slow_line(self, text: str, line: int, known: tuple[str, re.Match[str] | None] | None = None) -> None:
@@ -434,9 +458,10 @@ class Assembler:
         coverage = self.coverage
         coverage.lines += owned
         units = [text] if known or not text else spy.split_units(text)
-        used = False
+        used = shaped = False
         for unit in units:
             kind, match = known or spy.classify(unit)
+            shaped |= kind != "foreign"
             if kind == "header" and len(units) > 1:
                 kind = "foreign"  # a header is a whole line (its unit starts and ends with a newline)
             if kind == "blank":
@@ -451,8 +476,10 @@ class Assembler:
             return
         if used:
             coverage.record_lines += 1
+        elif shaped:  # spy output that no record could take: a call (or part of one) is lost
+            coverage.add_unreadable(line)
         else:
-            coverage.add_unparsed(line)
+            coverage.add_other(line)
 
     def _banner(self, kind: str, match: re.Match[str], owned: bool) -> None:
         if kind == "banner":

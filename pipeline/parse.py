@@ -161,7 +161,7 @@ def parse_logs(
         "dialects": sorted({d for r in reports for d in r.dialects}),
         "counts": _total(r.counts for r in reports),
         "processes": sum(r.processes for r in reports),
-        "coverage": _total({k: v for k, v in r.coverage.items() if k != "unparsed_spans"} for r in reports),
+        "coverage": _total({k: v for k, v in r.coverage.items() if not k.endswith("_spans")} for r in reports),
         "outputs": {"calls": CALLS_FILE},
     }
     write_json(out_dir / MANIFEST_FILE, manifest)

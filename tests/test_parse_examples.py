@@ -59,8 +59,10 @@ def test_every_line_is_accounted_for(parsed, path):
     cov = report["coverage"]
     raw = path.read_bytes()
     assert cov["lines"] == line_count(raw)
-    assert cov["lines"] == cov["record_lines"] + cov["banner_lines"] + cov["blank_lines"] + cov["unparsed_lines"]
-    assert cov["unparsed_lines"] == sum(last - first + 1 for first, last in cov["unparsed_spans"])
+    assert cov["lines"] == cov["record_lines"] + cov["banner_lines"] + cov["blank_lines"] + cov["unreadable_lines"] + cov["other_lines"]
+    assert cov["unparsed_lines"] == cov["unreadable_lines"] + cov["other_lines"]
+    for kind in ("unreadable", "other"):
+        assert cov[f"{kind}_lines"] == sum(last - first + 1 for first, last in cov[f"{kind}_spans"])
     assert report["size"] == len(raw)
 
 
@@ -72,13 +74,13 @@ def test_header_line_numbers_point_at_the_header(parsed, path):
         assert lines[line - 1].rstrip(b"\r") == f"{seq}: {func}".encode()
 
 
-def test_unparsed_lines_are_foreign_text(parsed):
-    """Unparsed lines are application stderr or fragments of a split line, never spy lines."""
+def test_other_lines_are_foreign_text(parsed):
+    """Lines filed as other text are application stderr or fragments of a split line, never spy lines."""
     _, manifest, _ = parsed
     seen = {}
     for report in manifest["inputs"]:
         lines = open(report["path"], "rb").read().split(b"\n")
-        for first, last in report["coverage"]["unparsed_spans"]:
+        for first, last in report["coverage"]["other_spans"]:
             for n in range(first, last + 1):
                 seen[(report["path"].rsplit("/", 1)[-1], n)] = lines[n - 1]
     for (name, n), text in seen.items():

@@ -346,7 +346,7 @@ def _unparsed(inputs: list[dict] | None) -> pl.LazyFrame:
     rows = []
     for item in inputs or []:
         cov = item.get("coverage") or {}
-        spans = cov.get("unparsed_spans") or []
+        spans = sorted((cov.get("unreadable_spans") or []) + (cov.get("other_spans") or []))
         count = int(cov.get("unparsed_lines") or 0)
         if count and spans:
             lines = [int(s[0]) for s in spans[:MAX_LINES]]
