@@ -156,6 +156,7 @@ def _parts(
     tid_start = tid_start + 2 * ((_at(buf, tid_start) == ord("0")) & (_at(buf, tid_start + 1) == ord("x")))
     (tid,), (tid_digits,) = _numbers(buf, tid_start)
     fits = (seq_digits <= _MAX_DIGITS) & (rv_digits <= _MAX_DIGITS) & (~has_pid | ((pid_digits <= _MAX_DIGITS) & (tid_digits <= _MAX_DIGITS)))
+    fits &= ~negative  # a negative CK_RV (a 32-bit long's rendering) is mapped by `records.unsigned`, on the slow path
     pid = np.where(has_pid, pid, -1)[fits]
     func_start, name_start = first + seq_digits + 2, returned + 12 + negative + rv_digits
     header_end, stamp_end, returned, line_end = header_end[fits], stamp_end[fits], returned[fits], line_end[fits]
@@ -168,11 +169,11 @@ def _parts(
             "nlines": nlines[fits],
             "seq": seq[fits],
             "func": func,
-            "pid": pa.array(pid, mask=pid < 0),
-            "tid": pa.array(tid[fits], mask=pid < 0),
+            "pid": pa.array(pid.astype(np.uint64), mask=pid < 0),
+            "tid": pa.array(tid[fits].astype(np.uint64), mask=pid < 0),
             "ts": ts,
             "body": body,
-            "rv": np.where(negative, -rv, rv)[fits],
+            "rv": rv[fits].astype(np.uint64),
             "rv_name": rv_name,
         }
     )

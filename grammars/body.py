@@ -91,7 +91,7 @@ def read_fields(calls: pl.DataFrame) -> pl.DataFrame:
         read.with_columns(*_FIELDS_OF_DERIVED)
         .join(_buffer_secrets(read), on="_row", how="left", maintain_order="left")
         .join(_template_values(lazy), on="_row", how="left", maintain_order="left")
-        .with_columns(_SECRETS, pl.coalesce("template_flags", "_session_flags").alias("flags"))
+        .with_columns(_SECRETS, _FLAGS)
         .with_columns(_null_if_empty(pl.col("secrets")))
         .drop(_TEMPORARY)
         .collect(engine="in-memory")
@@ -149,11 +149,9 @@ def _key_secrets() -> pl.Expr:
 # The passes over whole bodies, in one context so that they run in parallel.  The ``[in]``
 # templates end at a line end, so joined they make no new entries.
 _READ = (
-    _BODY.str.extract(SLOT_IN).str.to_integer(base=16).alias("slot"),
-    pl.coalesce(_BODY.str.extract_all(SESSION_OUT).list.last().str.extract(_HEX), _BODY.str.extract(SESSION_IN))
-    .str.to_integer(base=16)
-    .alias("session"),
-    _BODY.str.extract(OBJECT_IN).str.to_integer(base=16).alias("object"),
+    _BODY.str.extract(SLOT_IN).alias("_slot"),
+    pl.coalesce(_BODY.str.extract_all(SESSION_OUT).list.last().str.extract(_HEX), _BODY.str.extract(SESSION_IN)).alias("_session"),
+    _BODY.str.extract(OBJECT_IN).alias("_object"),
     _mechanism().alias("mechanism"),
     pl.when(_FUNC.is_in(_LOGIN_FUNCS)).then(_BODY).str.extract(USER_TYPE).alias("user_type"),
     _BODY.str.extract_all(CREATED).alias("_created"),
@@ -172,11 +170,11 @@ _SECRET_BUFFER = r"^\n\[(?:in|out)\] (?:" + "|".join((*_ALWAYS_SECRET, *_DATA_NA
 def _sizes(direction: str) -> pl.Expr:
     """The lengths of one direction's buffers (``pMechanism`` parameters and ``EMPTY`` ones aside)."""
     mine = _ELEMENT.str.starts_with(f"\n[{direction}] ") & ~_ELEMENT.str.starts_with(f"\n[{direction}] pMechanism")
-    return pl.col("_buffers").list.eval(_ELEMENT.filter(mine).str.extract(_BUFFER_LENGTH).cast(pl.Int64).drop_nulls())
+    return pl.col("_buffers").list.eval(_ELEMENT.filter(mine).str.extract(_BUFFER_LENGTH).drop_nulls())
 
 
 _DERIVED = (
-    pl.col("_created").list.eval(_ELEMENT.str.extract(_HEX).str.to_integer(base=16)),
+    pl.col("_created").list.eval(_ELEMENT.str.extract(_HEX)),
     _sizes("in").alias("_in_sizes"),
     _sizes("out").alias("_out_sizes"),
     pl.col("_entries").list.eval(_ELEMENT.str.strip_chars_start(" ")),
@@ -184,11 +182,30 @@ _DERIVED = (
     # From here on only the secret candidates among the buffers.
     pl.col("_buffers").list.eval(_ELEMENT.filter(_ELEMENT.str.contains(_SECRET_BUFFER))),
 )
+def _u64(digits: pl.Expr, base: int) -> pl.Expr:
+    """``CK_ULONG`` digits as a number; null where they do not fit (`_RANGE_FLAGS` notes it)."""
+    return digits.str.to_integer(base=base, dtype=pl.UInt64, strict=False)
+
+
+def _u64_list(column: str, base: int) -> pl.Expr:
+    return pl.col(column).list.eval(_u64(_ELEMENT, base).drop_nulls())
+
+
+_SCALARS = ("slot", "session", "object")
+_LISTS = {"created": ("_created", 16), "in_len": ("_in_sizes", 10), "out_len": ("_out_sizes", 10)}
 _FIELDS_OF_DERIVED = (
-    _null_if_empty(pl.col("_created")).alias("created"),
-    pl.when(pl.col("_in_sizes").list.len() > 0).then(pl.col("_in_sizes").list.sum()).alias("in_len"),
-    pl.when(pl.col("_out_sizes").list.len() > 0).then(pl.col("_out_sizes").list.sum()).alias("out_len"),
+    *(_u64(pl.col(f"_{name}"), 16).alias(name) for name in _SCALARS),
+    _null_if_empty(_u64_list("_created", 16)).alias("created"),
+    pl.when(pl.col("_in_sizes").list.len() > 0).then(_u64_list("_in_sizes", 10).list.sum()).alias("in_len"),
+    pl.when(pl.col("_out_sizes").list.len() > 0).then(_u64_list("_out_sizes", 10).list.sum()).alias("out_len"),
     _null_if_empty(pl.col("_entries")).alias("attributes"),
+    # A number that fits no CK_ULONG (a damaged log) is left out of its column, and said so.
+    pl.concat_list(
+        *(pl.when(pl.col(f"_{name}").is_not_null() & _u64(pl.col(f"_{name}"), 16).is_null()).then(pl.lit(f"out-of-range:{name}"))
+          for name in _SCALARS),
+        *(pl.when(pl.col(strings).list.len() != _u64_list(strings, base).list.len()).then(pl.lit(f"out-of-range:{name}"))
+          for name, (strings, base) in _LISTS.items()),
+    ).list.drop_nulls().alias("_range_flags"),
 )
 
 
@@ -222,9 +239,12 @@ def _secret_kind(name: pl.Expr, incoming: pl.Expr) -> pl.Expr:
 
 
 _SECRETS = pl.concat_list(pl.col("buffer_secrets").fill_null([]), pl.col("key_secrets").fill_null([])).alias("secrets")
+_FLAGS = _null_if_empty(
+    pl.concat_list(pl.coalesce("template_flags", "_session_flags").fill_null([]), "_range_flags", pl.col("problems").fill_null([]))
+).alias("flags")
 _TEMPORARY = (
     "_row", "_template_body", "_created", "_buffers", "_in_sizes", "_out_sizes", "_entries", "_session_flags",
-    "buffer_secrets", "key_secrets", "template_flags",
+    "buffer_secrets", "key_secrets", "template_flags", "_slot", "_session", "_object", "_range_flags", "problems",
 )
 
 # A template's head and the lines up to the next "[" line (an empty line does not end it here).

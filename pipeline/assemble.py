@@ -38,7 +38,7 @@ import polars as pl
 
 from grammars import blocks, spy
 from pipeline.processes import ProcessTracker
-from pipeline.records import RAW_FRAME_SCHEMA, CleanRows, RawCall
+from pipeline.records import I64_MAX, RAW_FRAME_SCHEMA, CleanRows, RawCall, unsigned
 
 ACTIVE_HEADERS = 32
 MAX_OPEN = 64
@@ -338,6 +338,7 @@ class Assembler:
                 pl.lit(True).alias("complete"),
                 (pl.col("before") + block_start + pl.col("nlines")).alias("end_line"),
                 pl.lit(False).alias("uncertain"),
+                pl.lit(None, pl.List(pl.String)).alias("problems"),
             )
             .select(RAW_FRAME_SCHEMA.names())  # the cut's and these columns have its types already
         )
@@ -614,7 +615,12 @@ class Assembler:
         if uncertain:
             counts.uncertain += 1
         self.processes_used.add(process)
-        self.emit(RawCall(self.source, process, pid, tid, seq, line, ts, func, rv, rv_name, complete, end_line, uncertain, body))
+        problems: list[str] = []
+        pid, tid, rv = unsigned(pid, "pid", problems), unsigned(tid, "tid", problems), unsigned(rv, "rv", problems)
+        if seq > I64_MAX:
+            seq = None
+            problems.append("out-of-range:seq")
+        self.emit(RawCall(self.source, process, pid, tid, seq, line, ts, func, rv, rv_name, complete, end_line, uncertain, problems or None, body))
 
     @property
     def processes(self) -> int:

@@ -109,8 +109,17 @@ def records_frame(rows: list[RawCall], clean: Sequence[CleanRows] = ()) -> pl.Da
     columns = list(zip(*rows)) if rows else [[] for _ in RAW_SCHEMA]
     arrays = [pa.array(column, type=field.type) for column, field in zip(columns, RAW_SCHEMA)]
     raw = pl.concat([pl.from_arrow(pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)).lazy(), *(c.frame for c in clean)]).collect()
-    frame = read_fields(raw)
-    return frame.with_columns(pl.col("ts").str.to_datetime(TS_FORMAT, time_unit="ms", strict=False)).select(CALLS_SCHEMA.names)
+    return _stamps(read_fields(raw)).select(CALLS_SCHEMA.names)
+
+
+def _stamps(frame: pl.DataFrame) -> pl.DataFrame:
+    """``ts`` as datetimes; a stamp that is no real date and time (month 13, year 0: a damaged
+    log) is null and its call flagged ``bad-timestamp`` (years 1-9999 are what every reader takes)."""
+    ts = pl.col("ts").str.to_datetime(TS_FORMAT, time_unit="ms", strict=False)
+    good = ts.dt.year().is_between(1, 9999)
+    bad = pl.col("ts").is_not_null() & ~good.fill_null(False)
+    flags = pl.when(bad).then(pl.concat_list(pl.col("flags").fill_null([]), pl.lit(["bad-timestamp"]))).otherwise(pl.col("flags"))
+    return frame.with_columns(pl.when(good).then(ts).alias("ts"), flags.alias("flags"))
 
 
 def _arrow(frame: pl.DataFrame) -> pa.Table:

@@ -248,8 +248,8 @@ class _Carry:
     """
 
     def __init__(self) -> None:
-        self.opens = pl.DataFrame(schema={"process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "_open": pl.UInt32})
-        self.inits = pl.DataFrame(schema={"process": pl.Int32, "pid_k": pl.Int64, "session": pl.Int64, "family": pl.String, "_init": pl.String})
+        self.opens = pl.DataFrame(schema={"process": pl.Int32, "pid_k": pl.Int64, "session": pl.UInt64, "_open": pl.UInt32})
+        self.inits = pl.DataFrame(schema={"process": pl.Int32, "pid_k": pl.Int64, "session": pl.UInt64, "family": pl.String, "_init": pl.String})
         self.waiting: pl.DataFrame | None = None  # latency candidates
         self.logins: pl.DataFrame | None = None
 
@@ -258,8 +258,8 @@ class _Carry:
         frame = raw.with_columns(
             pl.lit(source, pl.String).alias("source"),  # one value: held once, not per row
             pl.col("func").cast(pl.Categorical),  # cheap group keys; ``strings`` undoes it
-            pl.col("pid").fill_null(-1).alias("pid_k"),
-            pl.col("tid").fill_null(-1).alias("tid_k"),
+            _key(pl.col("pid")).alias("pid_k"),
+            _key(pl.col("tid")).alias("tid_k"),
             (pl.int_range(pl.len(), dtype=pl.Int64) + offset).alias("pos"),
             category_expr().alias("category"),
             family_expr().alias("family"),
@@ -393,8 +393,13 @@ def by_source(batch: Batch, frame: pl.LazyFrame, keys: list[str], *aggs: pl.Expr
     return frame.group_by(keys[1:]).agg(*aggs).select(pl.lit(batch.source, pl.String).alias("source"), pl.all())
 
 
+def _key(ids: pl.Expr) -> pl.Expr:
+    """A pid or tid as a join key: -1 for none (no real pid or ``pthread_t`` reaches 2**63)."""
+    return ids.cast(pl.Int64, strict=False).fill_null(-1)
+
+
 def restore_pid(frame: pl.LazyFrame) -> pl.LazyFrame:
     """Put the real (nullable) ``pid`` back in place of the key ``pid_k``."""
     return frame.with_columns(
-        pl.when(pl.col("pid_k") == -1).then(None).otherwise(pl.col("pid_k")).cast(pl.Int64).alias("pid")
+        pl.when(pl.col("pid_k") == -1).then(None).otherwise(pl.col("pid_k")).cast(pl.UInt64).alias("pid")
     ).drop("pid_k")

@@ -106,12 +106,17 @@ def ends() -> Reduction:
     )
 
 
+def _slot_key() -> pl.Expr:
+    """The slot as a join key: -1 for none (slot ids are small)."""
+    return pl.col("slot").cast(pl.Int64, strict=False).fill_null(-1).alias("slot_k")
+
+
 def session_lives(parts: pl.LazyFrame, ends: pl.LazyFrame) -> pl.LazyFrame:
     """Every session life with its open, close and end (keys use ``pid_k``), from the combined
     ``life_parts`` and ``ends`` summaries."""
     close_all = (
         ends.filter(pl.col("func") == "C_CloseAllSessions")
-        .select(*PROCESS_KEYS, pl.col("slot").alias("slot_k"), pl.col("pos").alias("cas_pos"), pl.col("ts").alias("cas_ts"), pl.col("line").alias("cas_line"))
+        .select(*PROCESS_KEYS, _slot_key(), pl.col("pos").alias("cas_pos"), pl.col("ts").alias("cas_ts"), pl.col("line").alias("cas_line"))
         .sort("cas_pos")
     )
     finalize = (
@@ -121,7 +126,7 @@ def session_lives(parts: pl.LazyFrame, ends: pl.LazyFrame) -> pl.LazyFrame:
     )
     lives = parts
     lives = (
-        lives.with_columns(pl.col("slot").fill_null(-1).alias("slot_k"))
+        lives.with_columns(_slot_key())
         .sort("start_pos")
         .join_asof(close_all, left_on="start_pos", right_on="cas_pos", by=[*PROCESS_KEYS, "slot_k"], strategy="forward", check_sortedness=False)
         .join_asof(finalize, left_on="start_pos", right_on="fin_pos", by=PROCESS_KEYS, strategy="forward", check_sortedness=False)
