@@ -47,17 +47,18 @@ CREATED = r"\n\[out\] (?:\*phObject|\*phNewObject|hKey|hPublicKey|hPrivateKey|ph
 MECHANISM = r"\n(?:\[in\] )?pMechanism->type ?= ?(" + _NOT_SPACE + "+)"
 MECHANISM_INFO = r"\n(?:\[in\] type = +| +)(Unknown Mechanism \([0-9a-f]+\)|[^ \t\n\r\f\x0B\[]+?)(?:[ \t\n\r\f\x0B]|\[|Returned:|$)"
 USER_TYPE = r"\n\[in\] userType = (" + _NOT_SPACE + "+)"
-SESSION_FLAGS = r"\n\[in\] flags = " + _HEX + r"\n"
+_WS = r"[ \t\r]*"  # a copy's padding at a line's end (`grammars.spy.WS`)
+SESSION_FLAGS = r"\n\[in\] flags = " + _HEX + _WS + r"\n"
 BUFFER = (
     r"\n\[(?P<dir>in|out)\] (?P<name>[A-Za-z*][^ \t\n\r\f\x0B\[]*)(?:\[[^\]\n]*\])?(?: =)? "
     r"(?:(?P<address>[0-9a-f]{8}(?:[0-9a-f]{8})?) / (?P<length>-?[0-9]+)|NULL \[size : 0x[0-9A-F]+ \((?P<null_length>-?[0-9]+)\)\]|EMPTY)"
 )
-TEMPLATE = r"(?m)^\[(?:in|out)\] [A-Za-z0-9_]+\[[0-9]+\]: ?\n(?:[^\[\n][^\n]*\n)*"  # a head and its lines
-TEMPLATE_IN = r"(?m)^\[in\] [A-Za-z0-9_]+\[[0-9]+\]: ?\n(?:[^\[\n][^\n]*\n)*"  # the same, [in] heads only
+TEMPLATE = r"(?m)^\[(?:in|out)\] [A-Za-z0-9_]+\[[0-9]+\]:" + _WS + r"\n(?:[^\[\n][^\n]*\n)*"  # a head and its lines
+TEMPLATE_IN = r"(?m)^\[in\] [A-Za-z0-9_]+\[[0-9]+\]:" + _WS + r"\n(?:[^\[\n][^\n]*\n)*"  # the same, [in] heads only
 ENTRY = r"(?m)^    (CKA_[A-Z0-9_]+(?:\((?:NSS|Netsc)\))?|CKA_\? \(0x[0-9a-f]{8}\))"
 SECRET_ENTRY = (
     r"(?m)^    (CKA_VALUE|CKA_PRIVATE_EXPONENT|CKA_PRIME_1|CKA_PRIME_2|CKA_EXPONENT_1|CKA_EXPONENT_2"
-    r"|CKA_COEFFICIENT|CKA_SEED) +[0-9a-f]{8,16} / [1-9][0-9]*\n    00000000  "
+    r"|CKA_COEFFICIENT|CKA_SEED) +[0-9a-f]{8,16} / [1-9][0-9]*" + _WS + r"\n    00000000  "
 )
 
 CKF_RW_SESSION = 0x2
@@ -248,13 +249,13 @@ _TEMPORARY = (
 )
 
 # A template's head and the lines up to the next "[" line (an empty line does not end it here).
-_SECTION = r"\n\[(?:in|out)\] [A-Za-z0-9_]+\[[0-9]+\]: ?\n(?:[^\[\n][^\n]*)?(?:\n+[^\[\n][^\n]*)*"
+_SECTION = r"\n\[(?:in|out)\] [A-Za-z0-9_]+\[[0-9]+\]:" + _WS + r"\n(?:[^\[\n][^\n]*)?(?:\n+[^\[\n][^\n]*)*"
 _SECTION_PREFIX = r"^\n\[in\] ([A-Za-z0-9_]+)\["
 _INT_ATTRS = ("CKA_MODULUS_BITS", "CKA_VALUE_LEN")
 _ENUM_ATTRS = ("CKA_CLASS", "CKA_KEY_TYPE")
 _VALUE_ENTRY = (
     r"\n    (?:CKA_[A-Z0-9_]+ +(?:True|False)|(?:" + "|".join(_ENUM_ATTRS) + r") +CK[OK]_[A-Za-z0-9_]+"
-    r"|(?:" + "|".join(_INT_ATTRS) + r") +[0-9a-f]{8}(?:[0-9a-f]{8})? / [1-8]\n    00000000  (?:[0-9A-F]{2} ){1,8})"
+    r"|(?:" + "|".join(_INT_ATTRS) + r") +[0-9a-f]{8}(?:[0-9a-f]{8})? / [1-8]" + _WS + r"\n    00000000  (?:[0-9A-F]{2} ){1,8})"
 )
 
 

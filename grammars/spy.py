@@ -11,21 +11,22 @@ sequence of *tokens*: a whole clean call record, else a run of body lines, else 
                  | blank ;                                 (* kinds told by `known_kind`, not the line grammar *)
     line         = { any-char - NL } NL ;                               (* the slow path *)
 
-    blank        = NL ;
-    header       = seq ": " func NL ;            (* func is "C_…", or "SetOperationState" *)
+    blank        = ws NL ;
+    ws           = { " " | TAB | CR } ;       (* a copy's padding: any line may end in it *)
+    header       = seq ": " func ws NL ;            (* func is "C_…", or "SetOperationState" *)
     seq          = digit { digit } ;
-    timestamp    = [ "P:" pid "; T:" [ "0x" ] tid " " ] date " " time NL ;   (* prefix: 0.24+ *)
+    timestamp    = [ "P:" pid "; T:" [ "0x" ] tid " " ] date " " time ws NL ;  (* prefix: 0.24+ *)
     date         = 4 digit "-" 2 digit "-" 2 digit ;
     time         = 2 digit ":" 2 digit ":" 2 digit "." 3 digit ;
-    returned     = "Returned:  " [ "-" ] digit { digit } " " rv-name ( NL | EOF ) ;
+    returned     = "Returned:  " [ "-" ] digit { digit } " " rv-name ws ( NL | EOF ) ;
     rv-name      = "CKR_…" | "(null)" ;                                   (* (null): unknown code *)
     body-line    = body-start { any-char - NL } NL ;   (* without "Returned:", not ending in ":SS.mmm" *)
-    body-start   = "[in] " | "[out] " | "[compat]" NL | " " | TAB | "CKM_" | "Unknown Mechanism ("
+    body-start   = "[in] " | "[out] " | "[compat]" ws NL | ( " " | TAB ) ws non-blank | "CKM_" | "Unknown Mechanism ("
                  | "Slot " digit | "Count is " digit | "Object 0x" hex | "Interface '" | "(unknown type"
                  | "pMechanism->" | "pApplication=" | "Notify=" | "Parameters block for " | "}"
                  | address " / " length ;                    (* a rendering whose prefix another thread ended *)
 
-    banner-line  = 15 * "*" " OpenSC PKCS#11 spy " 17 * "*" ;             (* after two blank lines *)
+    banner-line  = 15 * "*" " OpenSC PKCS#11 spy " 17 * "*" ws ;          (* after two blank lines *)
     load-result  = 'Loaded: "' path '"' | "Error: " text ;
 
 A ``record`` token is kept whole if its body has no unit of another call glued in (no
@@ -68,6 +69,9 @@ import pyparsing as pp
 # --- token patterns (one source of truth for the scanner, the validator and the classifier) ---
 
 TS = r"(?:P:(\d+); T:(?:0x)?(\d+) )?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})"
+WS = r"[ \t\r]*"
+"""What users' copies add to the end of a line: padding to a terminal's width, an editor's tabs,
+a stray ``\r`` (``\r\n`` itself is folded by the reader).  Any line may end in it."""
 HEADER = r"(\d+): (\S+)"
 RETURNED = r"Returned:  (-?\d+) (\S+)"
 BANNER_LINE = r"\*{15} OpenSC PKCS#11 spy \*{17}"
@@ -75,9 +79,8 @@ BANNER_LINE = r"\*{15} OpenSC PKCS#11 spy \*{17}"
 BODY_STARTS = (
     r"\[in\] ",
     r"\[out\] ",
-    r"\[compat\](?=\n)",
-    r" ",
-    r"\t",
+    r"\[compat\](?=[ \t\r]*\n)",
+    r"[ \t][ \t\r]*[^ \t\r\nR]",  # indented, not blank: a line of blanks is a (padded) blank line
     r"CKM_",
     r"Unknown Mechanism \(",
     r"Slot -?\d",
@@ -95,11 +98,14 @@ BODY_STARTS = (
 """How a body unit starts: each is the start of one of the body kinds of ``LINE_KINDS``."""
 
 _BODY_START = "(?:" + "|".join(BODY_STARTS) + ")"
-# A body line that holds nothing of another call: no ``Returned:`` and no timestamp glued to it.
-BODY_LINE = _BODY_START + r"[^\nR]*(?:R(?!eturned:)[^\nR]*)*(?<!:\d\d\.\d{3})\n"
+# A body line that holds nothing of another call: no ``Returned:`` and no timestamp glued to it
+# (the stamp is looked for where the line's padding starts: it must end on a non-blank).
+BODY_LINE = _BODY_START + r"(?:[^\nR]*(?:R(?!eturned:)[^\nR]*)*(?<![ \t\r])(?<!:\d\d\.\d{3}))?" + WS + r"\n"
 # In a record the same two checks are left to `is_clean_body`, once per body (3x faster).
 _NO_GROUPS = re.compile(r"(?<!\\)\((?!\?)")  # a capturing group's "(", made "(?:" where only the span counts
-RECORD_PATTERN = r"\n" + HEADER + r"\n" + TS + r"\n(?:" + _BODY_START + r"[^\n]*\n)*" + RETURNED + r"(?:\n|\Z)"
+RECORD_PATTERN = (
+    WS + r"\n" + HEADER + WS + r"\n" + TS + WS + r"\n(?:" + _BODY_START + r"[^\n]*\n)*" + RETURNED + WS + r"(?:\n|\Z)"
+)
 RECORDS_PATTERN = r"(?P<records>(?:" + _NO_GROUPS.sub("(?:", RECORD_PATTERN) + r")+)"
 BODY_RUN_PATTERN = r"(?P<run>(?:" + BODY_LINE + r")+)"
 LINE_PATTERN = r"[^\n]*\n|[^\n]+\Z"
@@ -107,14 +113,16 @@ LINE_PATTERN = r"[^\n]*\n|[^\n]+\Z"
 # are one token, their kinds told by `known_kind`, so that the slow path needs no grammar
 # call per line to classify them (`classify` would say the same).
 KNOWN_LINES_PATTERN = (
-    r"(?P<known>\n?(?:(?:" + "|".join(_NO_GROUPS.sub("(?:", p) for p in (HEADER, TS, RETURNED)) + r")\n)+)|(?P<blank>\n)"
+    r"(?P<known>(?:" + WS + r"\n)?(?:(?:" + "|".join(_NO_GROUPS.sub("(?:", p) for p in (HEADER, TS, RETURNED)) + ")" + WS + r"\n)+)"
+    + r"|(?P<blank>" + WS + r"\n)"
 )
 TOKEN_RE = re.compile(RECORDS_PATTERN + "|" + BODY_RUN_PATTERN + "|" + KNOWN_LINES_PATTERN + "|" + LINE_PATTERN, re.ASCII)
 """Consecutive records (``records``), else a run of body lines (``run``), else one line."""
 SLOW_TOKEN_RE = re.compile(BODY_RUN_PATTERN + "|" + KNOWN_LINES_PATTERN + "|" + LINE_PATTERN, re.ASCII)
 """The tokens of a record's text that cannot be kept whole."""
 
-_GLUED_TS_RE = re.compile(r":\d\d\.\d{3}\n", re.ASCII)
+_GLUED_TS_RE = re.compile(r":\d\d\.\d{3}" + WS + r"\n", re.ASCII)
+_NEXT_RECORD_RE = re.compile(r"\n" + WS + r"\n(?=\d+: )", re.ASCII)
 
 
 def is_clean_body(body: str) -> bool:
@@ -125,14 +133,18 @@ def is_clean_body(body: str) -> bool:
 def split_records(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
     """Start and end of each record of a ``records`` token ``text[start:end]``.
 
-    Each record starts with its blank line, and no line inside a record is empty, so an
-    empty line is where the next one starts.
+    Each record starts with its blank line (blanks at most: a padded copy), and no line
+    inside a record is empty, nor is one of blanks followed by a header, so that is where the
+    next one starts.
     """
     while start < end:
-        stop = text.find("\n\n", start + 1, end)
-        stop = end if stop < 0 else stop + 1
+        found = _NEXT_RECORD_RE.search(text, start + 1, end)
+        stop = end if found is None else found.start() + 1
         yield start, stop
         start = stop
+
+
+_BLANKS = " \t\r"
 
 
 class RecordParts(NamedTuple):
@@ -149,19 +161,20 @@ class RecordParts(NamedTuple):
 def record_parts(record: str) -> RecordParts:
     """The parts of one record of a ``records`` token, cut where ``RECORD_PATTERN`` put them.
 
-    ``record`` = NL header NL timestamp NL { body-line } returned [ NL ]: string cuts at
-    those newlines replace a second regex pass (the scanner has already checked the shape).
+    ``record`` = WS NL header WS NL timestamp WS NL { body-line } returned WS [ NL ]: string
+    cuts at those newlines replace a second regex pass (the scanner has already checked the shape).
     """
-    header_end = record.index("\n", 1)
-    seq, func = record[1:header_end].split(": ", 1)
+    header_start = record.index("\n") + 1
+    header_end = record.index("\n", header_start)
+    seq, func = record[header_start:header_end].rstrip(_BLANKS).split(": ", 1)
     stamp_end = record.index("\n", header_end + 1)
-    stamp = record[header_end + 1 : stamp_end]
+    stamp = record[header_end + 1 : stamp_end].rstrip(_BLANKS)
     pid = tid = None
     if stamp[0] == "P":  # P:<pid>; T:[0x]<tid> <date> <time>
         pid_part, tid_part, stamp = stamp.split(" ", 2)
         pid, tid = int(pid_part[2:-1]), int(tid_part[4:] if tid_part[2:4] == "0x" else tid_part[2:])
     returned = record.rindex("\nReturned:  ")
-    rv, rv_name = record[returned + 12 :].rstrip("\n").split(" ", 1)
+    rv, rv_name = record[returned + 12 :].rstrip("\n").rstrip(_BLANKS).split(" ", 1)
     return RecordParts(int(seq), func, pid, tid, stamp, record[stamp_end : returned + 1], int(rv), rv_name)
 
 
@@ -185,15 +198,15 @@ def scan(text: str, records: bool = True):
 
 
 LINE_KINDS: tuple[tuple[str, str], ...] = (
-    ("blank", r""),
-    ("banner", BANNER_LINE),
-    ("load-result", r'(?:Loaded: ".*"|Error: .*)'),
-    ("header", HEADER),
-    ("timestamp", TS),
-    ("returned", RETURNED),
+    ("blank", WS),
+    ("banner", BANNER_LINE + WS),
+    ("load-result", r'(?:Loaded: ".*"' + WS + "|Error: .*)"),
+    ("header", HEADER + WS),
+    ("timestamp", TS + WS),
+    ("returned", RETURNED + WS),
     # body units
     ("hexdump-row", r"    [0-9A-F]{8}  .*"),
-    ("compat", r"\[compat\]"),
+    ("compat", r"\[compat\]" + WS),
     ("template-head", r"\[(?:in|out)\] \S+?(?:\[\d+\])?(?: \((?:original|faked)\))?: ?"),
     ("buffer", r"\[(?:in|out)\] \S+(?: =)? (?:[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+|NULL \[size : 0x[0-9A-F]+ \(-?\d+\)\]|EMPTY).*"),
     ("scalar", r"\[(?:in|out)\] \S+ = .*"),
@@ -221,9 +234,9 @@ SPY_LINE = (
 """Line grammar for the slow path: one alternation, so one pyparsing call per line."""
 
 _FIELDS_OF = {
-    "header": re.compile(HEADER, re.ASCII),
-    "timestamp": re.compile(TS, re.ASCII),
-    "returned": re.compile(RETURNED, re.ASCII),
+    "header": re.compile(HEADER + WS, re.ASCII),
+    "timestamp": re.compile(TS + WS, re.ASCII),
+    "returned": re.compile(RETURNED + WS, re.ASCII),
     "load-result": re.compile(r".*"),
 }
 
@@ -245,7 +258,7 @@ def classify(unit: str) -> tuple[str, re.Match[str] | None]:
 
 def known_kind(line: str) -> tuple[str, re.Match[str] | None]:
     """`classify` of a line of a ``known`` token (a header, timestamp, ``Returned:`` or blank line)."""
-    if not line:
+    if not line.strip(_BLANKS):
         return "blank", None
     for kind in ("returned", "header", "timestamp"):
         match = _FIELDS_OF[kind].fullmatch(line)
@@ -254,8 +267,8 @@ def known_kind(line: str) -> tuple[str, re.Match[str] | None]:
     raise ValueError(f"not a known line: {line!r}")
 
 
-_GLUED_TAIL_RE = re.compile(r"(.+?)(" + RETURNED + r"|" + TS + r")\Z", re.ASCII)
-_WHOLE_UNIT_RE = re.compile(r"(?:" + RETURNED + r"|" + TS + r")\Z", re.ASCII)
+_GLUED_TAIL_RE = re.compile(r"(.+?)(" + RETURNED + r"|" + TS + r")" + WS + r"\Z", re.ASCII)
+_WHOLE_UNIT_RE = re.compile(r"(?:" + RETURNED + r"|" + TS + r")" + WS + r"\Z", re.ASCII)
 
 
 def split_units(line: str) -> list[str]:
@@ -264,7 +277,7 @@ def split_units(line: str) -> list[str]:
     Both units end with a newline in the spy's output, so a glued one can only stand at the
     end of a line; what precedes it belongs to whichever call was writing before (§6).
     """
-    if "Returned:  " not in line and line[-4:-3] != ".":
+    if "Returned:  " not in line and line.rstrip(_BLANKS)[-4:-3] != ".":
         return [line]  # neither unit can end this line: skip the regexes (the common case)
     match = None if _WHOLE_UNIT_RE.match(line) else _GLUED_TAIL_RE.match(line)
     if match is None:
@@ -274,20 +287,39 @@ def split_units(line: str) -> list[str]:
 
 # --- dialect hints ---
 
-_MECH_WIDTH_RE = re.compile(r"\n\[in\] pMechanism->type = (CKM_\w+ *)\n", re.ASCII)
+_MECH_WIDTH_RE = re.compile(r"\n\[in\] pMechanism->type = (CKM_\w+ *)[ \t\r]*\n", re.ASCII)
+_NULL_PARAMETER_RE = re.compile(r"\n\[in\] pMechanism->pParameter = NULL[ \t\r]*\n", re.ASCII)
+_UNPREFIXED_STAMP_RE = re.compile(r"\n\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[ \t\r]*\n", re.ASCII)
 
 
 def dialect_hints(text: str) -> set[str]:
-    """Which OpenSC output dialects a stretch of trace shows (§0 of the format notes)."""
+    """Which OpenSC output dialects a stretch of trace shows (§0 of the format notes).
+
+    ``<=0.21``: the ``pMechanism->type=`` forms, which older releases (before 0.20, whose output
+    we have not read) print too; ``<=0.23``: stamps without ``P:``, with nothing that tells
+    more.  A 0.27 mechanism name is padded to exactly 39 columns (a copy's own padding makes
+    it longer), and only 0.27 prints a NULL parameter of a mechanism that takes none.
+    """
     hints: set[str] = set()
     if "pMechanism->type=" in text or "\npApplication=" in text:
-        hints.add("0.20-0.21")
+        hints.add("<=0.21")
     has_pid = re.search(r"\nP:\d+; T:", text) is not None
     width = _MECH_WIDTH_RE.search(text)
-    if width is not None and len(width.group(1)) >= 39:
+    if (width is not None and len(width.group(1)) == 39) or _NULL_PARAMETER_RE.search(text) is not None:
         hints.add("0.27")
     elif has_pid:
         hints.add("0.24-0.26" if width is not None else "0.24+")
     elif width is not None or "\n[compat]" in text or "\n[in] pApplication = " in text:
         hints.add("0.22-0.23")
+    elif not hints and _UNPREFIXED_STAMP_RE.search(text) is not None:
+        hints.add("<=0.23")
     return hints
+
+
+_BROADER = {"0.24+": ("0.24-0.26", "0.27"), "<=0.23": ("<=0.21", "0.22-0.23")}
+
+
+def narrow_dialects(hints: set[str]) -> set[str]:
+    """The hints of a whole file: a broad label goes where a narrower one of the same
+    versions was seen elsewhere in it (blocks are hinted one at a time)."""
+    return {hint for hint in hints if not any(narrow in hints for narrow in _BROADER.get(hint, ()))}

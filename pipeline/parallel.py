@@ -41,9 +41,10 @@ from pipeline.records import CALLS_SCHEMA
 MIN_RANGE_BYTES = 64 << 20  # below this a worker costs more than it saves on 2 cores (two workers: 0.86-0.96x one on 30 MB, 0.9x on 100 MB, 1.08x on 300 MB)
 WARMUP_BYTES = 256 << 10
 SPILL_LIMIT_LINES = 20_000  # give up on a record still open this far past the range (a truncated one)
-_BOUNDARY = re.compile(rb"\n\n\d+: ")
-# The lines that change the process state: a header (the counter) or a banner, as whole lines.
-_EVENT = re.compile(rb"\n(?:(\d+): \S+|\*{15} OpenSC PKCS#11 spy \*{17})\r?(?=\n|\Z)")
+_BOUNDARY = re.compile(rb"\n[ \t\r]*\n\d+: ")
+# The lines that change the process state: a header (the counter) or a banner, as whole lines
+# (with the grammar's trailing blanks, `spy.WS`).
+_EVENT = re.compile(rb"\n(?:(\d+): \S+|\*{15} OpenSC PKCS#11 spy \*{17})[ \t\r]*(?=\n|\Z)")
 
 
 def default_workers() -> int:

@@ -25,6 +25,7 @@ from pipeline import parallel
 from pipeline.assemble import Assembler, Counts, Coverage
 from pipeline.errors import InputError
 from pipeline.store import CallsWriter, atomic_path, collection_per_batch, ensure_dir, write_json
+from grammars import spy
 from grammars.blocks import cut_ahead
 from pipeline.stream import iter_blocks
 
@@ -129,7 +130,7 @@ def _report(path: str, size: int, sha256: str, counts: Counts, coverage: Coverag
         path=path,
         size=size,
         sha256=sha256,
-        dialects=sorted(dialects),
+        dialects=sorted(spy.narrow_dialects(dialects)),
         counts=dataclasses.asdict(counts),
         processes=processes,
         coverage=dataclasses.asdict(coverage),

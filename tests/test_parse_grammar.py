@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from grammars import spy
 
-BODY_KINDS = {kind for kind, _ in spy.LINE_KINDS[spy.LINE_KINDS.index(("returned", spy.RETURNED)) + 1 :]}
+BODY_KINDS = {kind for kind, _ in spy.LINE_KINDS[[kind for kind, _ in spy.LINE_KINDS].index("returned") + 1 :]}
 BODY_LINE = re.compile(spy.BODY_LINE, re.ASCII)
 
 # Hand-made: each body start as the spy prints it, and a few near misses.
@@ -38,10 +38,24 @@ def test_a_body_run_line_is_one_body_unit(start, tail, glued):
 
 @given(start=st.sampled_from(STARTS[:20]), tail=st.text(alphabet="abc =/0123456789ABCDEF", max_size=30))
 def test_plain_body_lines_make_a_run(start, tail):
-    """The spy's own body lines (no glued unit) are taken as a run, not line by line."""
+    """The spy's own body lines (no glued unit) are taken as a run, not line by line; a line of
+    blanks outside a record is a (padded) blank line."""
     line = start + tail if start != "[compat]" else start
     match = spy.TOKEN_RE.match(line + "\n" + line + "\n")
-    assert match is not None and match.lastgroup == "run" and match.end() == 2 * len(line) + 2
+    if not line.strip(" \t"):
+        assert match is not None and match.lastgroup == "blank" and match.end() == len(line) + 1
+    else:
+        assert match is not None and match.lastgroup == "run" and match.end() == 2 * len(line) + 2
+
+
+@given(start=st.sampled_from(STARTS[:20]), tail=st.text(alphabet="abc =/0123456789ABCDEF", max_size=30), pad=st.text(" \t\r", min_size=1, max_size=9))
+def test_padded_body_lines_make_the_same_run(start, tail, pad):
+    """Trailing blanks (a terminal's or an editor's) do not change what a body line is."""
+    line = start + tail if start != "[compat]" else start
+    plain = spy.TOKEN_RE.match(line + "\n" + line + "\n")
+    padded = spy.TOKEN_RE.match(line + pad + "\n" + line + pad + "\n")
+    if line.strip(" \t"):
+        assert padded.lastgroup == plain.lastgroup == "run" and padded.end() == 2 * len(line + pad) + 2
 
 
 def test_latin1_space_lookalike_in_a_header_keeps_it_a_header():
