@@ -48,7 +48,7 @@ def _rust(pattern: str) -> str:
 # line's look-ahead (which Rust lacks) is spelled as the newline it looks at.  The string
 # it is run on runs to the next piece, so it ends in the blank line's two newlines.
 _BODY_LINE = "(?:(?:" + "|".join(s for s in spy.BODY_STARTS if "compat" not in s) + r")[^\n]*\n|\[compat\]\n)"
-CLEAN_PIECE = _rust("^" + spy.HEADER + r"\n" + spy.TS + r"\n" + _BODY_LINE + "*" + spy.RETURNED + r"\n{0,2}$")
+CLEAN_PIECE = _rust("^" + spy.HEADER + r"\n" + spy.TS + r"\n" + _BODY_LINE + "*" + spy.SPY_RETURNED + r"\n{0,2}$")
 
 
 class Pieces(NamedTuple):

@@ -18,7 +18,7 @@ sequence of *tokens*: a whole clean call record, else a run of body lines, else 
     timestamp    = [ "P:" pid "; T:" [ "0x" ] tid " " ] date " " time ws NL ;  (* prefix: 0.24+ *)
     date         = 4 digit "-" 2 digit "-" 2 digit ;
     time         = 2 digit ":" 2 digit ":" 2 digit "." 3 digit ;
-    returned     = "Returned:  " [ "-" ] digit { digit } " " rv-name ws ( NL | EOF ) ;
+    returned     = "Returned:" " " { " " } [ "-" ] digit { digit } " " { " " } rv-name ws ( NL | EOF ) ;  (* spy: 2 and 1 *)
     rv-name      = "CKR_…" | "(null)" ;                                   (* (null): unknown code *)
     body-line    = body-start { any-char - NL } NL ;   (* without "Returned:", not ending in ":SS.mmm" *)
     body-start   = "[in] " | "[out] " | "[compat]" ws NL | ( " " | TAB ) ws non-blank | "CKM_" | "Unknown Mechanism ("
@@ -73,7 +73,10 @@ WS = r"[ \t\r]*"
 """What users' copies add to the end of a line: padding to a terminal's width, an editor's tabs,
 a stray ``\r`` (``\r\n`` itself is folded by the reader).  Any line may end in it."""
 HEADER = r"(\d+): (\S+)"
-RETURNED = r"Returned:  (-?\d+) (\S+)"
+RETURNED = r"Returned: +(-?\d+) +(\S+)"
+"""The spy writes two spaces after ``Returned:`` (``SPY_RETURNED``); a copy from a web page has
+its runs of spaces collapsed to one."""
+SPY_RETURNED = r"Returned:  (-?\d+) (\S+)"
 BANNER_LINE = r"\*{15} OpenSC PKCS#11 spy \*{17}"
 
 BODY_STARTS = (
@@ -173,9 +176,9 @@ def record_parts(record: str) -> RecordParts:
     if stamp[0] == "P":  # P:<pid>; T:[0x]<tid> <date> <time>
         pid_part, tid_part, stamp = stamp.split(" ", 2)
         pid, tid = int(pid_part[2:-1]), int(tid_part[4:] if tid_part[2:4] == "0x" else tid_part[2:])
-    returned = record.rindex("\nReturned:  ")
-    rv, rv_name = record[returned + 12 :].rstrip("\n").rstrip(_BLANKS).split(" ", 1)
-    return RecordParts(int(seq), func, pid, tid, stamp, record[stamp_end : returned + 1], int(rv), rv_name)
+    returned = record.rindex("\nReturned: ")
+    rv, rv_name = record[returned + 10 :].strip(_BLANKS + "\n").split(" ", 1)
+    return RecordParts(int(seq), func, pid, tid, stamp, record[stamp_end : returned + 1], int(rv), rv_name.lstrip(" "))
 
 
 # --- pyparsing elements ---
@@ -277,7 +280,7 @@ def split_units(line: str) -> list[str]:
     Both units end with a newline in the spy's output, so a glued one can only stand at the
     end of a line; what precedes it belongs to whichever call was writing before (§6).
     """
-    if "Returned:  " not in line and line.rstrip(_BLANKS)[-4:-3] != ".":
+    if "Returned: " not in line and line.rstrip(_BLANKS)[-4:-3] != ".":
         return [line]  # neither unit can end this line: skip the regexes (the common case)
     match = None if _WHOLE_UNIT_RE.match(line) else _GLUED_TAIL_RE.match(line)
     if match is None:

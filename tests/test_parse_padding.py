@@ -35,7 +35,12 @@ def _pad_to_width(raw: bytes, width: int = 132) -> bytes:
     return b"".join(line.ljust(width) + b"\n" for line in lines) + last
 
 
-PADDINGS = {"space": _pad_spaces, "tab-cr": _pad_tabs_cr, "terminal": _pad_to_width}
+def _collapse_returned(raw: bytes) -> bytes:
+    """A web page's copy: the spy's two spaces after ``Returned:`` collapsed to one."""
+    return re.sub(rb"^Returned:  ", b"Returned: ", raw, flags=re.M)
+
+
+PADDINGS = {"space": _pad_spaces, "tab-cr": _pad_tabs_cr, "terminal": _pad_to_width, "web-returned": _collapse_returned}
 
 
 def _parse(logs: list[Path], out: Path) -> tuple[pl.DataFrame, dict]:
