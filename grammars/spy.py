@@ -24,7 +24,7 @@ sequence of *tokens*: a whole clean call record, else a run of body lines, else 
     body-start   = "[in] " | "[out] " | "[compat]" ws NL | ( " " | TAB ) ws non-blank | "CKM_" | "Unknown Mechanism ("
                  | "Slot " digit | "Count is " digit | "Object 0x" hex | "Interface '" | "(unknown type"
                  | "pMechanism->" | "pApplication=" | "Notify=" | "Parameters block for " | "}"
-                 | address " / " length ;                    (* a rendering whose prefix another thread ended *)
+                 | address " / " length | "NULL [size : 0x" ;   (* a rendering whose prefix another thread ended *)
 
     banner-line  = 15 * "*" " OpenSC PKCS#11 spy " 17 * "*" ws ;          (* after two blank lines *)
     load-result  = 'Loaded: "' path '"' | "Error: " text ;
@@ -97,6 +97,8 @@ BODY_STARTS = (
     r"Parameters block for ",
     r"\}",
     r"[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d",  # a buffer rendering cut from its line by another thread (§6)
+    r"NULL \[size : 0x",  # the same, of a NULL buffer
+
 )
 """How a body unit starts: each is the start of one of the body kinds of ``LINE_KINDS``."""
 
@@ -223,7 +225,7 @@ LINE_KINDS: tuple[tuple[str, str], ...] = (
     ("interface-item", r"Interface '.*"),
     ("v027-note", r"(?:\(unknown type|pMechanism->).*"),
     ("v020-form", r"(?:pApplication=|Notify=|Parameters block for |\}).*"),
-    ("orphan-rendering", r"[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+.*"),
+    ("orphan-rendering", r"(?:[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+|NULL \[size : 0x[0-9A-F]+ \(-?\d+\)\]).*"),
 )
 """The line grammar of §10 of the format notes, in the order the alternatives are tried."""
 

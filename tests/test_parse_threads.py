@@ -1,0 +1,31 @@
+"""Interleaved threads of a real trace: units of one call glued to another's line.
+
+The trace (``tests/data/threads``) is a cut of a real 6-thread log, so it starts and ends
+inside records.  Counts come from the log's own lines: every header is a call, every
+``Returned:`` (at a line start or glued behind another unit) closes one.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import polars as pl
+
+from pipeline.parse import parse_logs
+
+GLUED = Path(__file__).parent / "data" / "threads" / "glued-null-buffer_0.23.0-debian.log"
+
+
+def test_a_buffer_rendering_cut_off_by_a_glued_returned_stays_spy_output(tmp_path):
+    raw = GLUED.read_bytes()
+    manifest = parse_logs([str(GLUED)], tmp_path)
+    calls = pl.read_parquet(tmp_path / "calls.parquet")
+    cov = manifest["inputs"][0]["coverage"]
+    assert calls.height == len(re.findall(rb"^\d+: C_\w+$", raw, re.M))
+    # Every line of the cut is spy output, none application text: "NULL [size : 0x0 (0)]" alone
+    # on its line (48, 619) is the tail of a buffer rendering, a body unit (read or unreadable).
+    assert cov["other_lines"] == 0
+    # Returned: units before the first header close calls whose headers were cut off
+    head = raw[: re.search(rb"^\d+: C_", raw, re.M).start()]
+    assert calls["complete"].sum() == raw.count(b"Returned:") - head.count(b"Returned:")
