@@ -160,7 +160,7 @@ _READ = (
     pl.col("_template_body").str.extract_all(TEMPLATE_IN).list.join("").str.extract_all(ENTRY).alias("_entries"),
     _key_secrets().alias("key_secrets"),
     pl.when((_FUNC == "C_OpenSession") & pl.col("_template_body").is_null()).then(_BODY)
-    .str.extract(SESSION_FLAGS).str.to_integer(base=16).alias("_session_flags"),
+    .str.extract(SESSION_FLAGS).str.to_integer(base=16, dtype=pl.UInt64, strict=False).alias("_session_flags"),  # null: no CK_FLAGS
 )
 
 _BUFFER_LENGTH = r"(-?[0-9]+)\)?\]?$"  # of a buffer match: address form, or NULL form's "(length)]"

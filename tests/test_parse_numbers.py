@@ -102,3 +102,12 @@ def test_a_counter_that_does_not_fit_is_flagged(tmp_path, pristine):
     row = _row_of(calls, line)
     assert row["seq"] is None and "out-of-range:seq" in row["flags"]
     assert pq.read_table(Path(tmp_path) / "out" / "calls.parquet").num_rows == pristine.height
+
+
+def test_session_flags_that_do_not_fit_are_no_crash(tmp_path, pristine):
+    """Found by the mutation fuzz: ``[in] flags = 0x<57 digits>`` of a C_OpenSession."""
+    text, line = _damage_first(r"(?<=^\[in\] flags = 0x)[0-9a-f]+$", lambda m: "f" * 57, SMOKE.read_text("latin-1"))
+    calls = _parse(tmp_path, text)
+    row = _row_of(calls, line)
+    assert row["func"] == "C_OpenSession" and calls.height == pristine.height
+    assert not any(f.startswith("CKF_RW_SESSION") for f in row["flags"] or [])
