@@ -449,8 +449,10 @@ class Assembler:
             self._touch(record)
             record.end_line = last
             coverage.record_lines += owned
-        elif owned:  # body lines of a record whose header is not in the log (or was lost)
-            coverage.add_unreadable(max(first, self.own_from), min(last, self.own_to))
+        elif owned:  # body lines of a record whose header is not in the log (or was lost), or indented prose
+            for number, one in enumerate(text[start : end - 1].split("\n"), first):
+                if self.own_from <= number <= self.own_to:
+                    self._unclaimed(spy.classify(one)[0], number)
         return last
 
     def _slow_line(self, text: str, line: int, known: tuple[str, re.Match[str] | None] | None = None) -> None:
@@ -459,10 +461,11 @@ class Assembler:
         coverage = self.coverage
         coverage.lines += owned
         units = [text] if known or not text else spy.split_units(text)
-        used = shaped = False
+        used, shaped = False, "foreign"  # the most spy-like kind among the units
         for unit in units:
             kind, match = known or spy.classify(unit)
-            shaped |= kind != "foreign"
+            if shaped in ("foreign", "indented"):
+                shaped = kind
             if kind == "header" and len(units) > 1:
                 kind = "foreign"  # a header is a whole line (its unit starts and ends with a newline)
             if kind == "blank":
@@ -477,10 +480,16 @@ class Assembler:
             return
         if used:
             coverage.record_lines += 1
-        elif shaped:  # spy output that no record could take: a call (or part of one) is lost
-            coverage.add_unreadable(line)
         else:
-            coverage.add_other(line)
+            self._unclaimed(shaped, line)
+
+    def _unclaimed(self, kind: str, line: int) -> None:
+        """A line no record took: spy output (a call, or part of one, is lost) or other text.
+        A merely indented line is the spy's only inside a record; alone it is prose."""
+        if kind in ("foreign", "indented"):
+            self.coverage.add_other(line)
+        else:
+            self.coverage.add_unreadable(line)
 
     def _banner(self, kind: str, match: re.Match[str], owned: bool) -> None:
         if kind == "banner":

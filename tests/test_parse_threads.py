@@ -32,3 +32,17 @@ def test_a_buffer_rendering_cut_off_by_a_glued_returned_stays_spy_output(tmp_pat
     lost = sum(lines[n - 1].count(b"Returned:") for n in unread)
     assert calls["complete"].sum() + lost == raw.count(b"Returned:")
     assert lost >= 1  # the cut's first line is the Returned: of a call before it
+
+
+def test_prose_around_a_log_is_other_text_not_a_lost_call(tmp_path):
+    """What users paste around a trace: a program's output, an indented stack trace, a comment.
+    Indented lines are the spy's only inside a record; alone they are prose."""
+    smoke = Path(__file__).resolve().parents[1] / "sample-logs" / "smoke.log"
+    before = b"Started the app\n  at com.example.Main(Main.java:10)\n\tat java.base/Thread.run\n"
+    after = b"# end of paste\n    indented note\n"
+    log = tmp_path / "pasted.log"
+    log.write_bytes(before + smoke.read_bytes() + after)
+    cov = parse_logs([str(log)], tmp_path / "out")["inputs"][0]["coverage"]
+    lines = log.read_bytes().count(b"\n")
+    assert cov["unreadable_lines"] == 0
+    assert cov["other_spans"] == [[1, 3], [lines - 1, lines]]
