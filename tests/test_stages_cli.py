@@ -45,12 +45,12 @@ def test_not_a_calls_table_is_exit_2(tmp_path):
 
 
 def test_auto_bucket_sizes():
-    from datetime import timedelta
-
     from pipeline.stages.latency import auto_bucket, parse_bucket
 
-    assert auto_bucket(timedelta(seconds=0.2)) == 1
-    assert auto_bucket(timedelta(minutes=10)) == 5  # 120 buckets
-    assert auto_bucket(timedelta(hours=2)) == 60
-    assert auto_bucket(timedelta(days=1)) == 900
+    minute = 60_000  # the span is in ms
+    assert auto_bucket(200) == 1
+    assert auto_bucket(10 * minute) == 5  # 120 buckets
+    assert auto_bucket(120 * minute) == 60
+    assert auto_bucket(1440 * minute) == 900
+    assert auto_bucket(9998 * 365 * 1440 * minute) % (30 * 86400) == 0  # year 1 to 9999: whole 30-day steps
     assert parse_bucket("1m") == 60 and parse_bucket("30s") == 30 and parse_bucket("2h") == 7200

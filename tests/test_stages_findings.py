@@ -36,9 +36,9 @@ CASES = {
     "key-extractable": ("05-secrets_0.27.1", "01-basic-session_0.27.1"),
     "incomplete-records": ("08-truncated-exit-midcall_0.27.1", "02-keygen-sign_0.27.1"),
     "uncertain-records": ("06-multithread_0.27.1", "02-keygen-sign_0.27.1"),
-    "unparsed-lines": ("09-stderr-mixed_0.23.0-debian", "02-keygen-sign_0.27.1"),
+    "other-text": ("09-stderr-mixed_0.23.0-debian", "02-keygen-sign_0.27.1"),
 }
-RECORD_CODES = set(CASES) - {"unparsed-lines", "no-finalize"}
+RECORD_CODES = set(CASES) - {"other-text", "no-finalize"}
 
 
 @pytest.fixture(scope="module")
@@ -79,9 +79,9 @@ def test_finding_points_at_a_record_header(findings_of, code):
             assert re.fullmatch(r"\d+: (C_\w+|SetOperationState)", text), (code, line, text)
 
 
-def test_unparsed_lines_point_at_foreign_text(findings_of):
+def test_other_text_points_at_foreign_text(findings_of):
     name = "09-stderr-mixed_0.23.0-debian"
-    row = findings_of(name).filter(pl.col("code") == "unparsed-lines").row(0, named=True)
+    row = findings_of(name).filter(pl.col("code") == "other-text").row(0, named=True)
     text = (DATA / f"{name}.log").read_text(encoding="latin-1").split("\n")[row["line"] - 1]
     assert not text.startswith(("[in]", "[out]", "Returned:")) and text.strip()
 

@@ -8,7 +8,8 @@ derived columns is returned unchanged, so each stage can be called on raw calls 
 
 Derived columns (all stages may rely on them):
 
-``pid_k``, ``tid_k``  pid / tid with null as -1 (join and group keys; older spies print none)
+``pid_k``, ``tid_k``  pid / tid as Int64 with null as -1 (join and group keys; older spies print
+                      none; a value too large for Int64, which no real pid has, also counts as none)
 ``pos``               position of the call: calls sorted by (source, line) and numbered;
                       within one thread this is entry order (see ``derive``)
 ``category``          ``ok`` | ``benign`` | ``incomplete`` | ``error`` (see ``category_expr``)
@@ -141,8 +142,17 @@ _THREAD = ["process", "pid_k", "tid_k"]
 _PROCESS = ["process", "pid_k"]
 _HANDLE = ["process", "pid_k", "session"]
 _OPERATION = ["process", "pid_k", "session", "family"]
-_LATENCY_COLUMNS = [*_THREAD, "pos", "ts", "uncertain", "complete", "func", "op_mechanism", "category"]
+_LATENCY_COLUMNS = [*_THREAD, "pos", "line", "ts", "uncertain", "complete", "func", "op_mechanism", "category"]
 _AUTH_COLUMNS = ["source", *_PROCESS, "pos", "line", "func", "user_type"]
+
+
+def int_key(name: str) -> pl.Expr:
+    """A nullable integer column as an Int64 group/join key with null as -1.
+
+    Why a cast: calls.parquet holds handles, slots, pids and tids as uint64 (older tables:
+    int64); keys need one type and a value for "none" (older spies print no pid).  A uint64
+    beyond Int64 (no real pid, tid or slot id) becomes "none" rather than an error."""
+    return pl.col(name).cast(pl.Int64, strict=False).fill_null(-1)
 
 
 @dataclass(frozen=True)
@@ -151,11 +161,13 @@ class Batch:
 
     ``calls``: the batch's calls in entry order with every derived column but ``latency_ms``.
     ``latency``: the calls whose latency became known in this step (``func``, ``op_mechanism``,
-    ``category``, ``ts``, ``pos``, ``latency_ms``): the batch's calls minus the last of each
-    thread, plus the last ones of earlier batches whose next entry this batch holds.
+    ``category``, ``ts``, ``pos``, ``line``, ``latency_ms``, ``next_line``: the header line of
+    the call entry the latency runs to, which bounds the call's window in the log): the batch's
+    calls minus the last of each thread, plus the last ones of earlier batches whose next
+    entry this batch holds.
     ``logins``: likewise the successful logins whose next login or logout became known, with
-    ``logged_out`` (the next one is a successful C_Logout) -- ``source``, ``process``,
-    ``pid_k``, ``line``, ``user_type``, ``pos``.
+    ``logged_out`` (the next one is a successful C_Logout) and ``next_line`` (its line; null
+    when there is none) -- ``source``, ``process``, ``pid_k``, ``line``, ``user_type``, ``pos``.
     ``source``: the source of all those rows (None for the empty batch of an empty table).
     """
 
@@ -163,6 +175,34 @@ class Batch:
     calls: pl.DataFrame
     latency: pl.DataFrame
     logins: pl.DataFrame
+
+
+@dataclass(frozen=True)
+class LineKinds:
+    """The input lines no record or banner took, by kind (a manifest ``coverage`` section).
+
+    ``unreadable``: shaped like spy output (a header, a ``Returned:``, ``[in]``/``[out]``, ...)
+    but not read into any record: calls are missing.  ``other``: application output, prose,
+    debug lines: not spy output at all.  Spans are [first, last] line ranges (per input only).
+    """
+
+    unreadable: int
+    other: int
+    unreadable_spans: list
+    other_spans: list
+
+
+def line_kinds(coverage: dict | None) -> LineKinds:
+    """``LineKinds`` of a manifest ``coverage`` dict.  A manifest written before the parser told
+    the two kinds apart has only ``unparsed_lines``/``unparsed_spans``; it filed every such line
+    as application output, so they count as ``other`` here too."""
+    cov = coverage or {}
+    if "unreadable_lines" in cov or "other_lines" in cov:
+        return LineKinds(
+            int(cov.get("unreadable_lines") or 0), int(cov.get("other_lines") or 0),
+            list(cov.get("unreadable_spans") or []), list(cov.get("other_spans") or []),
+        )
+    return LineKinds(0, int(cov.get("unparsed_lines") or 0), [], list(cov.get("unparsed_spans") or []))
 
 
 def derive_batches(calls: pl.LazyFrame, batch_rows: int = BATCH_ROWS) -> Iterator[Batch]:
@@ -248,8 +288,9 @@ class _Carry:
     """
 
     def __init__(self) -> None:
-        self.opens = pl.DataFrame(schema={"process": pl.Int32, "pid_k": pl.Int64, "session": pl.UInt64, "_open": pl.UInt32})
-        self.inits = pl.DataFrame(schema={"process": pl.Int32, "pid_k": pl.Int64, "session": pl.UInt64, "family": pl.String, "_init": pl.String})
+        # Typed by the first batch (handles are uint64, or int64 in older calls tables).
+        self.opens: pl.DataFrame | None = None
+        self.inits: pl.DataFrame | None = None
         self.waiting: pl.DataFrame | None = None  # latency candidates
         self.logins: pl.DataFrame | None = None
 
@@ -258,8 +299,8 @@ class _Carry:
         frame = raw.with_columns(
             pl.lit(source, pl.String).alias("source"),  # one value: held once, not per row
             pl.col("func").cast(pl.Categorical),  # cheap group keys; ``strings`` undoes it
-            _key(pl.col("pid")).alias("pid_k"),
-            _key(pl.col("tid")).alias("tid_k"),
+            int_key("pid").alias("pid_k"),
+            int_key("tid").alias("tid_k"),
             (pl.int_range(pl.len(), dtype=pl.Int64) + offset).alias("pos"),
             category_expr().alias("category"),
             family_expr().alias("family"),
@@ -280,56 +321,67 @@ class _Carry:
             .alias("op_mechanism"),
         )
         if last:  # the end of a source: nothing is carried into the next one
-            self.opens, self.inits = self.opens.clear(), self.inits.clear()
+            self.opens = self.inits = None
         else:  # only an open changes a handle's count, only an Init an operation's mechanism
             opened = opens.with_columns(life.alias("_life")).filter((pl.col("_open") == 1) & pl.col("session").is_not_null())
             self.opens = _latest(self.opens, opened.select(*_HANDLE, pl.col("_life").alias("_open")), _HANDLE)
             self.inits = _latest(self.inits, inits.filter(pl.col("_init").is_not_null()), _OPERATION)
+        # A call's latency runs to the next stamped entry of its thread (a null stamp is skipped).
+        stamped_line = pl.when(pl.col("ts").is_not_null()).then(pl.col("line"))
         latency, self.waiting = _next_known(
-            self.waiting, frame.select(_LATENCY_COLUMNS), _THREAD, pl.col("ts").shift(-1).backward_fill(), last
+            self.waiting, frame.select(_LATENCY_COLUMNS), _THREAD,
+            {"_next": pl.col("ts").shift(-1).backward_fill(), "next_line": stamped_line.shift(-1).backward_fill()}, last,
         )
         auth = frame.filter((LOGIN | (pl.col("func") == "C_Logout")) & OK).select(_AUTH_COLUMNS)
-        logins, self.logins = _next_known(self.logins, auth, _PROCESS, pl.col("func").shift(-1), last, keep=LOGIN)
+        logins, self.logins = _next_known(
+            self.logins, auth, _PROCESS, {"_next": pl.col("func").shift(-1), "next_line": pl.col("line").shift(-1)}, last, keep=LOGIN
+        )
         gap = (pl.col("_next") - pl.col("ts")).dt.total_milliseconds()
         return Batch(
             source=source,
             calls=frame,
             latency=latency.select(
-                "func", "op_mechanism", "category", "ts", "pos",
+                "func", "op_mechanism", "category", "ts", "pos", "line", "next_line",
                 pl.when(pl.col("uncertain") | ~pl.col("complete") | (gap < 0)).then(None).otherwise(gap).cast(pl.Int64).alias("latency_ms"),
             ),
             logins=logins.filter(LOGIN).select(
-                "source", "process", "pid_k", "line", "user_type", "pos", (pl.col("_next") == "C_Logout").fill_null(False).alias("logged_out")
+                "source", "process", "pid_k", "line", "user_type", "pos", "next_line",
+                (pl.col("_next") == "C_Logout").fill_null(False).alias("logged_out"),
             ),
         )
 
 
-def _continued(carried: pl.DataFrame, rows: pl.DataFrame, keys: list[str], expr: pl.Expr) -> pl.Series:
+def _continued(carried: pl.DataFrame | None, rows: pl.DataFrame, keys: list[str], expr: pl.Expr) -> pl.Series:
     """``expr`` over ``keys`` on the carried rows followed by ``rows``: its values for ``rows``."""
-    if carried.is_empty():  # the first batch of a source
+    if carried is None or carried.is_empty():  # the first batch of a source
         return rows.select(expr.over(keys)).to_series()
     return pl.concat([carried, rows]).select(expr.over(keys)).to_series().slice(carried.height)
 
 
-def _latest(carried: pl.DataFrame, seen: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
+def _latest(carried: pl.DataFrame | None, seen: pl.DataFrame, keys: list[str]) -> pl.DataFrame:
     """The carried per-key values updated with the last value of each key in this batch."""
-    return pl.concat([carried, seen]).unique(subset=keys, keep="last", maintain_order=False)
+    rows = seen if carried is None else pl.concat([carried, seen])
+    return rows.unique(subset=keys, keep="last", maintain_order=False)
 
 
 def _next_known(
-    waiting: pl.DataFrame | None, rows: pl.DataFrame, keys: list[str], following: pl.Expr, last: bool, keep: pl.Expr | None = None
+    waiting: pl.DataFrame | None, rows: pl.DataFrame, keys: list[str], following: dict[str, pl.Expr], last: bool,
+    keep: pl.Expr | None = None,
 ) -> tuple[pl.DataFrame, pl.DataFrame | None]:
-    """Rows (waiting ones first, all in entry order) with ``_next`` = ``following`` within their
-    key: (rows whose ``_next`` is known, or all rows in the last batch; rows still waiting).
+    """Rows (waiting ones first, all in entry order) with the ``following`` columns computed
+    within their key (``_next`` among them): (rows whose ``_next`` is known, or all rows in the
+    last batch; rows still waiting).
 
     A row waits while ``_next`` is null and it is still of interest (``keep``): the next row of
     its key is in a later batch, or there is none and the end of the calls will say so.
     """
-    rows = (rows if waiting is None else pl.concat([waiting, rows])).with_columns(following.over(keys).alias("_next"))
+    rows = (rows if waiting is None else pl.concat([waiting, rows])).with_columns(
+        expr.over(keys).alias(name) for name, expr in following.items()
+    )
     if last:
         return rows, None
     wait = pl.col("_next").is_null()
-    return rows.filter(~wait), rows.filter(wait if keep is None else wait & keep).drop("_next")
+    return rows.filter(~wait), rows.filter(wait if keep is None else wait & keep).drop(*following)
 
 
 def derive(calls: pl.LazyFrame, batch_rows: int = BATCH_ROWS) -> pl.LazyFrame:
@@ -391,11 +443,6 @@ def by_source(batch: Batch, frame: pl.LazyFrame, keys: list[str], *aggs: pl.Expr
     """``frame`` (rows of ``batch``) grouped by ``keys``, which start with ``source``: a batch has
     one source, so it is no key of the grouping (cheaper) and comes back as a value."""
     return frame.group_by(keys[1:]).agg(*aggs).select(pl.lit(batch.source, pl.String).alias("source"), pl.all())
-
-
-def _key(ids: pl.Expr) -> pl.Expr:
-    """A pid or tid as a join key: -1 for none (no real pid or ``pthread_t`` reaches 2**63)."""
-    return ids.cast(pl.Int64, strict=False).fill_null(-1)
 
 
 def restore_pid(frame: pl.LazyFrame) -> pl.LazyFrame:

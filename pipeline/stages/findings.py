@@ -21,7 +21,8 @@ Codes (severity):
   pin-admin (info)                  C_InitToken / C_InitPIN / C_SetPIN calls
   session-leaked (medium)           sessions never closed (see sessions.parquet)
   session-closed-by-finalize (low)  sessions the application left open until C_Finalize
-  login-without-logout (low)        successful logins never followed by C_Logout
+  login-without-logout (low)        successful logins never ended: no C_Logout, and a session still
+                                    open (closing the last one ends a login)
   no-finalize (low)                 a process never called C_Finalize successfully
   weak-mechanism (per mechanism)    see mechanisms.weakness
   rsa-key-small (high < 1024 bits, medium < 2048)
@@ -29,21 +30,27 @@ Codes (severity):
   key-extractable (medium)          private/secret key created with CKA_EXTRACTABLE=True
   incomplete-records (info)         records without Returned: (truncation, crash, kill)
   uncertain-records (info)          records whose thread attribution is a guess
-  unparsed-lines (info)             input lines that are no spy output (manifest coverage)
+  unreadable-call-records (medium)  lines shaped like spy output that could not be read: calls
+                                    are missing from every figure (manifest coverage)
+  other-text (info)                 input lines that are no spy output: application output,
+                                    prose, debug lines (manifest coverage)
 
 How: each batch of calls reduces to *hits* (``finding_hits``): per kind of finding and its keys
 (source, process, function, subject, detail), the first line, the number of records and the
 first 20 lines -- which combine across batches (least line, sum, least 20 of the union), so
 the calls are never held.  The findings are then built from the hits, the sessions stage's
-output and the per-process counts.
+output and the per-process counts.  A login not followed by C_Logout is one hit of its own
+(``detail``: the line of the process's next login or logout), because whether closing the
+last session ended it is known only once the sessions are.
 """
 
 from __future__ import annotations
 
 import polars as pl
 
-from pipeline.stages.common import CKR_PIN_INCORRECT, CKR_PIN_LOCKED, OK, PROCESS_KEYS, Batch, Reduction
+from pipeline.stages.common import CKR_PIN_INCORRECT, CKR_PIN_LOCKED, OK, PROCESS_KEYS, Batch, Reduction, int_key, line_kinds
 from pipeline.stages.mechanisms import mechanism_uses, weakness_table
+from pipeline.stages.sessions import still_logged_in
 
 COLUMNS = ["severity", "code", "message", "source", "line", "count", "process", "subject", "lines"]
 SCHEMA = {
@@ -162,7 +169,7 @@ def _hit_groups(batch: Batch) -> list[pl.LazyFrame]:
         hit(calls.filter(pl.col("rv") == CKR_PIN_LOCKED), "pin-locked", **process),
         hit(calls.filter(pl.col("func").is_in(["C_InitToken", "C_InitPIN", "C_SetPIN"])), "pin-admin",
             func=pl.col("func"), detail=pl.when(OK).then(pl.lit("ok"))),
-        hit(logins, "login-without-logout", subject=pl.col("user_type"), **process),
+        hit(logins, "login-without-logout", subject=pl.col("user_type"), detail=pl.col("next_line"), **process),
         _as_hits(uses, batch.source, "mechanism", subject=pl.col("mechanism"), detail=pl.col("family")),
         hit(keys.filter(_KEY_KIND.is_not_null()), _KEY_KIND, func=pl.col("func")),
         hit(keys.filter(has_flag("CKA_EXTRACTABLE=True")), "key-extractable", func=pl.col("func")),
@@ -178,8 +185,11 @@ def _of(hits: pl.LazyFrame, kind: str, *keys: str, **extra: pl.Expr) -> pl.LazyF
 
 
 def logins_without_logout(hits: pl.LazyFrame) -> pl.LazyFrame:
-    """Per process (``PROCESS_KEYS``): successful logins whose next login or logout is not a C_Logout."""
-    return _of(hits, "login-without-logout", *PROCESS_KEYS).select(*PROCESS_KEYS, pl.col("count").alias("logins_without_logout"))
+    """The successful logins whose next login or logout is not a C_Logout, one row each:
+    ``PROCESS_KEYS``, ``line``, ``next_line`` (that next one's line; null: none), ``user_type``."""
+    return hits.filter(pl.col("kind") == "login-without-logout").select(
+        *PROCESS_KEYS, "line", pl.col("detail").cast(pl.Int64).alias("next_line"), pl.col("subject").alias("user_type")
+    )
 
 
 def _funcs() -> pl.Expr:
@@ -229,16 +239,24 @@ def _pin_admin(hits: pl.LazyFrame) -> pl.LazyFrame:
     return _finish(admin, "info", "pin-admin", message, subject=pl.col("func"))
 
 
-def _leaked(sessions: pl.LazyFrame) -> pl.LazyFrame:
-    leaked = (
-        sessions.filter(pl.col("leaked"))
-        .with_columns(pl.col("open_line").alias("line"))
+def _per_process_sessions(sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """Sessions grouped per process: first line (the open, or the first call of a session
+    opened before the log), count, first lines, and ``before``: a note on those opened before."""
+    return (
+        sessions.with_columns(pl.col("first_line").alias("line"))
         .group_by("source", "process", "pid")
-        .agg(pl.col("line").min(), pl.len().cast(pl.Int64).alias("count"), _lines(), pl.col("line").is_null().sum().alias("unseen"))
+        .agg(pl.col("line").min(), pl.len().cast(pl.Int64).alias("count"), _lines(), (~pl.col("opened_in_log")).sum().alias("unseen"))
+        .with_columns(
+            pl.when(pl.col("unseen") > 0).then(pl.format(" ({} opened before the log starts)", "unseen")).otherwise(pl.lit("")).alias("before")
+        )
     )
+
+
+def _leaked(sessions: pl.LazyFrame) -> pl.LazyFrame:
+    leaked = _per_process_sessions(sessions.filter(pl.col("leaked")))
     message = pl.format(
-        "{} session(s) of process {} (pid {}) never closed (no C_CloseSession, C_CloseAllSessions or C_Finalize), first opened at line {}",
-        "count", "process", pl.col("pid").cast(pl.String).fill_null("?"), pl.col("line").cast(pl.String).fill_null("? (before the trace)"),
+        "{} session(s) of process {} (pid {}) never closed (no C_CloseSession, C_CloseAllSessions or C_Finalize){}, first seen at line {}",
+        "count", "process", pl.col("pid").cast(pl.String).fill_null("?"), "before", "line",
     )
     return _finish(leaked, "medium", "session-leaked", message, process=True)
 
@@ -246,22 +264,25 @@ def _leaked(sessions: pl.LazyFrame) -> pl.LazyFrame:
 def _closed_by_finalize(sessions: pl.LazyFrame) -> pl.LazyFrame:
     """Sessions the application never closed itself: C_Finalize closed them (not a leak yet,
     but a long-running process that never finalizes would leak them)."""
-    left = (
-        sessions.filter(pl.col("ended_by") == "C_Finalize")
-        .with_columns(pl.col("open_line").alias("line"))
-        .group_by("source", "process", "pid")
-        .agg(pl.col("line").min(), pl.len().cast(pl.Int64).alias("count"), _lines())
-    )
+    left = _per_process_sessions(sessions.filter(pl.col("ended_by") == "C_Finalize"))
     message = pl.format(
-        "{} session(s) of process {} left open until C_Finalize closed them (no C_CloseSession), first opened at line {}",
-        "count", "process", pl.col("line").cast(pl.String).fill_null("? (before the trace)"),
+        "{} session(s) of process {} left open until C_Finalize closed them (no C_CloseSession){}, first seen at line {}",
+        "count", "process", "before", "line",
     )
     return _finish(left, "low", "session-closed-by-finalize", message, process=True)
 
 
-def _login_without_logout(hits: pl.LazyFrame) -> pl.LazyFrame:
-    auth = _of(hits, "login-without-logout", *PROCESS_KEYS, users=pl.col("subject").drop_nulls().unique().sort().str.join(", "))
-    message = pl.format("{} successful login(s) ({}) in process {} never followed by C_Logout, first at line {}", "count", "users", "process", "line")
+def _login_without_logout(hits: pl.LazyFrame, sessions: pl.LazyFrame) -> pl.LazyFrame:
+    """Logins neither logged out nor ended by closing the process's last open session."""
+    lives = sessions.with_columns(int_key("pid").alias("pid_k"))
+    left = still_logged_in(logins_without_logout(hits), lives, PROCESS_KEYS).filter(~pl.col("ended_by_close"))
+    auth = left.group_by(PROCESS_KEYS).agg(
+        pl.col("line").min(), pl.len().cast(pl.Int64).alias("count"), _lines(), pl.col("user_type").drop_nulls().unique().sort().str.join(", ").alias("users")
+    )
+    message = pl.format(
+        "{} successful login(s) ({}) in process {} never ended: no C_Logout, and a session was still open, first at line {}",
+        "count", "users", "process", "line",
+    )
     return _finish(auth, "low", "login-without-logout", message, process=True)
 
 
@@ -342,16 +363,24 @@ def _record_quality(hits: pl.LazyFrame) -> list[pl.LazyFrame]:
     return [_finish(incomplete, "info", "incomplete-records", msg_i), _finish(uncertain, "info", "uncertain-records", msg_u)]
 
 
-def _unparsed(inputs: list[dict] | None) -> pl.LazyFrame:
+_LINE_KIND_FINDINGS = (  # LineKinds field -> code, severity, what the lines are
+    ("unreadable", "unreadable-call-records", "medium",
+     "are shaped like spy output but could not be read: the calls in them are missing from every figure"),
+    ("other", "other-text", "info", "are not spy output (application output, prose, debug lines)"),
+)
+
+
+def _line_kinds(inputs: list[dict] | None) -> pl.LazyFrame:
+    """Per input, the lines no record took: unreadable call records, and other text."""
     rows = []
     for item in inputs or []:
-        cov = item.get("coverage") or {}
-        spans = sorted((cov.get("unreadable_spans") or []) + (cov.get("other_spans") or []))
-        count = int(cov.get("unparsed_lines") or 0)
-        if count and spans:
-            lines = [int(s[0]) for s in spans[:MAX_LINES]]
-            msg = f"{count} line(s) in {len(spans)} span(s) are not spy output (application output, broken lines); first at line {lines[0]}"
-            rows.append(("info", "unparsed-lines", msg, item["path"], lines[0], count, None, None, lines))
+        kinds = line_kinds(item.get("coverage"))
+        for field, code, severity, what in _LINE_KIND_FINDINGS:
+            count, spans = getattr(kinds, field), getattr(kinds, f"{field}_spans")
+            if count and spans:
+                lines = [int(s[0]) for s in spans[:MAX_LINES]]
+                msg = f"{count} line(s) in {len(spans)} span(s) {what}; first at line {lines[0]}"
+                rows.append((severity, code, msg, item["path"], lines[0], count, None, None, lines))
     return pl.LazyFrame(rows, schema=SCHEMA, orient="row")
 
 
@@ -367,7 +396,7 @@ def findings(
 
     ``hits``: the combined ``finding_hits`` summary; ``sessions``: the sessions stage's output;
     ``process_counts``: the combined ``sessions.process_counts`` summary; ``inputs``:
-    ``manifest.json``'s inputs (for unparsed spans); ``pin_failure_threshold``: wrong PINs
+    ``manifest.json``'s inputs (for the lines no record took); ``pin_failure_threshold``: wrong PINs
     per process from which ``pin-failures-repeated`` is reported.
     """
     parts = [
@@ -377,12 +406,12 @@ def findings(
         _pin_admin(hits),
         _leaked(sessions),
         _closed_by_finalize(sessions),
-        _login_without_logout(hits),
+        _login_without_logout(hits, sessions),
         _no_finalize(process_counts),
         _weak(hits),
         *_key_findings(hits),
         *_record_quality(hits),
-        _unparsed(inputs),
+        _line_kinds(inputs),
     ]
     parts = [p.select(COLUMNS) for p in parts]
     rank = pl.col("severity").replace_strict(SEVERITY_ORDER, return_dtype=pl.Int8)

@@ -11,9 +11,17 @@ The mechanism of a row is the operation's mechanism (``op_mechanism``): C_Sign a
 C_SignInit counts under the Init's mechanism.  Percentiles interpolate linearly between the
 two nearest ranks (as numpy's default and DuckDB's ``quantile_cont``).
 
+Application output: when the traced program prints into the log (a ``Please enter User PIN:``
+prompt, its own messages), the gap to its next call is the time a person took to type, not
+the token's.  A call whose window -- the log lines from its record to the next call entry of
+its thread -- holds such "other text" (manifest ``coverage.other_spans``) is counted in
+``app_output``.  It stays in every table (marked by that count) but is kept out of the
+headline figures (``latency_all_calls``), which would otherwise report the human.
+
 How: latencies are whole milliseconds, so the calls reduce, batch by batch, to counts per
-(function, mechanism, error or not, latency) -- a few thousand rows however many calls there
-are -- and every figure, percentiles included, is computed exactly from those counts.
+(function, mechanism, error or not, application output or not, latency) -- a few thousand
+rows however many calls there are -- and every figure, percentiles included, is computed
+exactly from those counts.
 """
 
 from __future__ import annotations
@@ -21,12 +29,11 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 
 import polars as pl
 
 from pipeline.errors import P11lensError
-from pipeline.stages.common import Batch, Reduction
+from pipeline.stages.common import Batch, Reduction, line_kinds
 
 QUANTILES = {"p50_ms": 0.50, "p90_ms": 0.90, "p95_ms": 0.95, "p99_ms": 0.99}
 
@@ -38,14 +45,34 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 _BUCKET_RE = re.compile(r"\s*(\d+)\s*(s|sec|m|min|h|d|w)?\s*", re.I)
 
 
-COUNT_KEYS = ["func", "op_mechanism", "error", "latency_ms"]
+COUNT_KEYS = ["func", "op_mechanism", "error", "app_output", "latency_ms"]
+SPAN_SCHEMA = {"source": pl.String, "first": pl.Int64, "last": pl.Int64}
 
 
-def _counts(keys: list[str]) -> Reduction:
-    """Calls per ``keys`` (``n``) from each batch's calls with a known latency."""
-    return Reduction(
-        partial=lambda batch: _latency_rows(batch).group_by(keys).agg(pl.len().cast(pl.Int64).alias("n")),
-        combine=lambda counts: counts.group_by(keys).agg(pl.col("n").sum()),
+def app_output_spans(inputs: list[dict] | None) -> pl.DataFrame:
+    """The line spans of application output ("other text") per source, from ``manifest.json``'s
+    inputs: ``source``, ``first``, ``last`` (1-based, inclusive), sorted.
+
+    ``coverage.other_spans`` holds them (``common.line_kinds``: older manifests' unparsed spans).
+    """
+    rows = [(item.get("path"), int(a), int(b)) for item in inputs or [] for a, b in line_kinds(item.get("coverage")).other_spans]
+    return pl.DataFrame(rows, schema=SPAN_SCHEMA, orient="row").sort("source", "last")
+
+
+def _app_output(rows: pl.LazyFrame, spans: pl.DataFrame, source: str | None) -> pl.LazyFrame:
+    """``app_output``: a timed call's window (after its header line, before the header of the
+    call its latency runs to) holds a line of an application-output span.
+
+    Spans are disjoint and sorted, so the only candidate is the first span that ends after the
+    header: the window holds output when that span starts before the next header.
+    """
+    mine = spans.lazy().filter(pl.col("source").eq_missing(pl.lit(source, pl.String))).select("first", "last")
+    return (
+        rows.with_columns((pl.col("line") + 1).alias("_after"))
+        .sort("_after")
+        .join_asof(mine, left_on="_after", right_on="last", strategy="forward", check_sortedness=False)
+        .with_columns((pl.col("latency_ms").is_not_null() & (pl.col("first") < pl.col("next_line"))).fill_null(False).alias("app_output"))
+        .drop("_after", "first", "last")
     )
 
 
@@ -53,10 +80,19 @@ def _latency_rows(batch: Batch) -> pl.LazyFrame:
     return batch.latency.lazy().with_columns((pl.col("category") == "error").alias("error"))
 
 
-def latency_counts() -> Reduction:
-    """Calls per (function, operation mechanism, error or not, latency ms): the input of
-    ``latency`` and ``mechanisms``."""
-    return _counts(COUNT_KEYS)
+def latency_counts(spans: pl.DataFrame | None = None) -> Reduction:
+    """Calls per (function, operation mechanism, error or not, application output in the
+    window or not, latency ms): the input of ``latency`` and ``mechanisms``.
+
+    ``spans``: ``app_output_spans(manifest inputs)``; none: no call is marked.
+    """
+    spans = pl.DataFrame(schema=SPAN_SCHEMA) if spans is None else spans
+    return Reduction(
+        partial=lambda batch: _app_output(_latency_rows(batch), spans, batch.source)
+        .group_by(COUNT_KEYS)
+        .agg(pl.len().cast(pl.Int64).alias("n")),
+        combine=lambda counts: counts.group_by(COUNT_KEYS).agg(pl.col("n").sum()),
+    )
 
 
 def quantile(q: float) -> pl.Expr:
@@ -72,7 +108,8 @@ def quantile(q: float) -> pl.Expr:
 
 
 def stats() -> list[pl.Expr]:
-    """count, with_latency, mean, percentiles, max and total of ``latency_ms`` weighted by ``n``."""
+    """count, with_latency, app_output, mean, percentiles, max and total of ``latency_ms``
+    weighted by ``n``."""
     lat, n = pl.col("latency_ms"), pl.col("n")
     known = lat.is_not_null()
     with_latency = n.filter(known).sum()
@@ -80,6 +117,7 @@ def stats() -> list[pl.Expr]:
     return [
         n.sum().cast(pl.Int64).alias("count"),
         with_latency.cast(pl.Int64).alias("with_latency"),
+        n.filter(pl.col("app_output")).sum().cast(pl.Int64).alias("app_output"),
         pl.when(with_latency > 0).then(total.cast(pl.Float64) / with_latency).alias("mean_ms"),
         *[quantile(q).alias(name) for name, q in QUANTILES.items()],
         lat.max().cast(pl.Int64).alias("max_ms"),
@@ -95,7 +133,7 @@ def latency(counts: pl.LazyFrame) -> pl.LazyFrame:
     frame = counts.rename({"op_mechanism": "mechanism"})
     per_func = frame.group_by("func").agg(stats()).with_columns(pl.lit(None, pl.String).alias("mechanism"))
     per_mech = frame.filter(pl.col("mechanism").is_not_null()).group_by("func", "mechanism").agg(stats())
-    columns = ["func", "mechanism", "count", "with_latency", "mean_ms", *QUANTILES, "max_ms", "total_ms"]
+    columns = ["func", "mechanism", "count", "with_latency", "app_output", "mean_ms", *QUANTILES, "max_ms", "total_ms"]
     return (
         pl.concat([per_func.select(columns), per_mech.select(columns)])
         .with_columns(pl.col("total_ms").fill_null(0))
@@ -104,11 +142,14 @@ def latency(counts: pl.LazyFrame) -> pl.LazyFrame:
 
 
 def latency_all_calls(counts: pl.LazyFrame) -> dict:
-    """The ``latency`` figures over all calls together (the report's headline p95).
+    """The ``latency`` figures over all calls together (the report's headline p95), without the
+    calls whose window holds application output; ``app_output_excluded`` says how many.
 
     ``counts``: the combined ``latency_counts`` summary.
     """
-    return counts.select(stats()).collect().row(0, named=True)
+    figures = counts.filter(~pl.col("app_output")).select(stats()).collect().row(0, named=True)
+    excluded = counts.select(pl.col("n").filter(pl.col("app_output")).sum()).collect().item()
+    return {**{k: v for k, v in figures.items() if k != "app_output"}, "app_output_excluded": excluded}
 
 
 def parse_bucket(text: str) -> int:
@@ -120,9 +161,9 @@ def parse_bucket(text: str) -> int:
     return int(m.group(1)) * _UNITS[unit]
 
 
-def auto_bucket(span: timedelta | None) -> int:
-    """The smallest ladder step that gives at most ``MAX_AUTO_BUCKETS`` buckets over ``span``."""
-    seconds = 0.0 if span is None else span.total_seconds()
+def auto_bucket(span_ms: int | None) -> int:
+    """The smallest ladder step that gives at most ``MAX_AUTO_BUCKETS`` buckets over ``span_ms``."""
+    seconds = 0.0 if span_ms is None else span_ms / 1000
     for step in BUCKET_LADDER:
         if math.ceil(seconds / step) <= MAX_AUTO_BUCKETS:
             return step
@@ -131,12 +172,16 @@ def auto_bucket(span: timedelta | None) -> int:
 
 @dataclass(frozen=True)
 class TimeAxis:
-    """The buckets of ``latency_over_time``: size in seconds, first and last bucket start
-    (None when no call has a stamp)."""
+    """The buckets of ``latency_over_time``: size in seconds, first and last bucket start as
+    ms since the epoch (None when no call has a stamp).
+
+    Why integers, not datetimes: a bucket start is aligned to the epoch, so the first bucket of
+    a stamp in year 1 starts in year 0, which Python's datetime cannot hold; Polars can, and the
+    axis never needs Python's."""
 
     step: int
-    first: datetime | None
-    last: datetime | None
+    first: int | None
+    last: int | None
 
     @property
     def every(self) -> str:
@@ -150,16 +195,23 @@ def time_axis(calls: pl.LazyFrame, bucket: str | int | None = None) -> TimeAxis:
     (about 60-200 buckets, rounded to 1s/5s/10s/30s/1m/5m/15m/30m/1h/...).  Timestamps are the
     spy's local wall time; several sources share one axis.
     """
-    lo, hi = calls.select(pl.col("ts").min().alias("lo"), pl.col("ts").max().alias("hi")).collect(engine="streaming").row(0)
+    ts = pl.col("ts").cast(pl.Datetime("ms"))
+    lo, hi = (
+        calls.select(ts.min().dt.epoch("ms").alias("lo"), ts.max().dt.epoch("ms").alias("hi"))
+        .collect(engine="streaming")
+        .row(0)
+    )
     if bucket is None:
         step = auto_bucket(None if lo is None else hi - lo)
     else:
         step = bucket if isinstance(bucket, int) else parse_bucket(bucket)
     if lo is None:
         return TimeAxis(step, None, None)
-    first, last = (pl.select(pl.lit(v, pl.Datetime("ms")).dt.truncate(f"{step}s")).item() for v in (lo, hi))
-    if (last - first).total_seconds() / step + 1 > MAX_BUCKETS:
-        raise P11lensError(f"--bucket {step}s makes more than {MAX_BUCKETS:,} buckets over {hi - lo}; use a larger one")
+    first, last = (pl.select(pl.lit(v).cast(pl.Datetime("ms")).dt.truncate(f"{step}s").dt.epoch("ms")).item() for v in (lo, hi))
+    if (last - first) / 1000 / step + 1 > MAX_BUCKETS:
+        raise P11lensError(
+            f"--bucket {step}s makes more than {MAX_BUCKETS:,} buckets over {(hi - lo) / 86_400_000:,.1f} days; use a larger one"
+        )
     return TimeAxis(step, first, last)
 
 
@@ -193,7 +245,7 @@ def latency_over_time(counts: pl.LazyFrame, axis: TimeAxis) -> pl.LazyFrame:
         quantile(0.95).alias("p95_ms"),
     )
     buckets = pl.LazyFrame(
-        {"bucket_start": pl.datetime_range(axis.first, axis.last, timedelta(seconds=axis.step), time_unit="ms", eager=True)}
+        {"bucket_start": pl.int_range(axis.first, axis.last + 1, axis.step * 1000, dtype=pl.Int64, eager=True).cast(pl.Datetime("ms"))}
     )
     return (
         buckets.join(per_bucket, on="bucket_start", how="left")
