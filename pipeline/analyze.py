@@ -23,7 +23,9 @@ from pipeline.errors import InputError
 from pipeline.stages.common import BATCH_ROWS, reduce_calls
 from pipeline.stages.errors import error_counts, errors
 from pipeline.stages.findings import finding_hits, findings, logins_without_logout
-from pipeline.stages.latency import bucket_counts, latency, latency_all_calls, latency_counts, latency_over_time, parse_bucket, time_axis
+from pipeline.stages.latency import (
+    app_output_spans, bucket_counts, latency, latency_all_calls, latency_counts, latency_over_time, parse_bucket, time_axis,
+)
 from pipeline.stages.mechanisms import mechanisms
 from pipeline.stages.sessions import ends, life_parts, process_counts, processes, session_lives, sessions
 from pipeline.store import ensure_dir, write_frame, write_json
@@ -88,7 +90,7 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
         for name, frame in reduce_calls(
             calls,
             {
-                "latency": latency_counts(),
+                "latency": latency_counts(app_output_spans(manifest.get("inputs"))),
                 "buckets": bucket_counts(axis),
                 "errors": error_counts(),
                 "lives": life_parts(),
