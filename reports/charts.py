@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from reports.model import Bucket, SessionBar, Timeline  # noqa: E402
+from reports.render import fmt_ts  # noqa: E402
 
 W = 12.0  # inches: at the page's ~1140 px width, 9 pt text shows at ~12 px
 INK = "#1f2933"
@@ -32,6 +33,7 @@ GREY = "#9aa5b1"
 TEAL = "#2a9d8f"
 
 ENDED_COLORS = {"C_CloseSession": BLUE, "C_CloseAllSessions": TEAL, "C_Finalize": GREY, "never": RED}
+BEFORE_LOG_ALPHA = 0.45  # a session opened before the log starts: its start is not known
 ENDED_LABELS = {
     "C_CloseSession": "closed (C_CloseSession)",
     "C_CloseAllSessions": "closed (C_CloseAllSessions)",
@@ -165,7 +167,7 @@ def activity_chart(buckets: list[Bucket]) -> str:
         ax2.plot(px, py, color=BLUE, linewidth=1.4, marker="o" if len(px) <= 60 else None, markersize=3)
         ax2.set_ylabel("p95 ms")
         ax2.set_ylim(bottom=0)
-        ax2.set_xlabel(f"{unit} since {t0:%Y-%m-%d %H:%M:%S}.{t0.microsecond // 1000:03d}")
+        ax2.set_xlabel(f"{unit} since {fmt_ts(t0)}")
         ax2.set_xlim(0, span / div)
         fig.align_ylabels((ax, ax2))
         return to_svg(fig, "activity", "Calls, errors and p95 latency over time")
@@ -200,7 +202,7 @@ def _pack(bars: Iterable[SessionBar]) -> list[tuple[SessionBar, int]]:
 def _since(unit: str, origin) -> str:
     if origin is None:
         return f"{unit} since each process's first call"
-    return f"{unit} since {origin:%Y-%m-%d %H:%M:%S}.{origin.microsecond // 1000:03d}"
+    return f"{unit} since {fmt_ts(origin)}"
 
 
 def sessions_chart(timeline: Timeline) -> str:
@@ -230,7 +232,8 @@ def _timeline(bars: list[SessionBar], t0) -> str:
                 x0 = bar.start_s / div
                 w = max((bar.end_s - bar.start_s) / div, min_w)
                 ax.broken_barh([(x0, w)], (y + row + 0.15, 0.7), facecolors=ENDED_COLORS.get(bar.ended_by, GREY),
-                               hatch="////" if bar.leaked else None, edgecolor="white" if bar.leaked else "none", linewidth=0)
+                               hatch="////" if bar.leaked else None, edgecolor="white" if bar.leaked else "none", linewidth=0,
+                               alpha=BEFORE_LOG_ALPHA if bar.before_log else 1.0)
             ticks.append(y + depth / 2)
             labels.append(lane)
             y += depth
@@ -242,8 +245,10 @@ def _timeline(bars: list[SessionBar], t0) -> str:
         ax.grid(axis="y", visible=False)
         ax.set_xlabel(_since(unit, t0))
         seen = [k for k in ENDED_COLORS if any(b.ended_by == k for b in bars)]
-        ax.legend(handles=[Patch(color=ENDED_COLORS[k], label=ENDED_LABELS[k]) for k in seen], loc="lower right",
-                  bbox_to_anchor=(1, 1.0), ncol=len(seen), borderaxespad=0.2)
+        handles = [Patch(color=ENDED_COLORS[k], label=ENDED_LABELS[k]) for k in seen]
+        if any(b.before_log for b in bars):
+            handles.append(Patch(color=GREY, alpha=BEFORE_LOG_ALPHA, label="opened before the log (drawn from its first call)"))
+        ax.legend(handles=handles, loc="lower right", bbox_to_anchor=(1, 1.0), ncol=len(handles), borderaxespad=0.2)
         return to_svg(fig, "sessions", "Session timeline per process")
 
 

@@ -24,12 +24,16 @@ from typing import Any
 import polars as pl
 
 from pipeline.errors import InputError
+from pipeline.stages.common import line_kinds
 
 MANIFEST = "manifest.json"
 STAGES = ("latency", "latency_over_time", "errors", "sessions", "processes", "mechanisms", "findings")
 REQUIRED = ("latency", "errors", "sessions", "findings")
 SEVERITIES = ("high", "medium", "low", "info")
 NO_RETURN = "(no return)"  # the rv_name shown for records without a Returned: line
+UNKNOWN_DIALECT = "unknown (no version marker)"  # no line of the log told the spy's version
+# What Python's datetime (and so every formatter and chart) can hold; Polars holds more.
+PY_DATETIME_RANGE = (datetime(1, 1, 1), datetime(9999, 12, 31, 23, 59, 59, 999000))
 
 # Caps that keep a report of a 100k-call (or 100M-call) trace small: rows beyond them are
 # summarised in a note that points at the Parquet file holding all of them.
@@ -93,6 +97,12 @@ def _rows(df: pl.DataFrame) -> list[dict]:
 # the payload
 
 
+def dialect_text(dialects: list[str]) -> str:
+    """The spy versions a log's lines showed, or that none did (an empty list is a finding
+    about the log, not a blank to leave)."""
+    return ", ".join(f"OpenSC {d}" for d in dialects) or UNKNOWN_DIALECT
+
+
 @dataclass(frozen=True)
 class InputFile:
     path: str
@@ -103,21 +113,29 @@ class InputFile:
     incomplete: int
     processes: int
     lines: int
-    unparsed_lines: int
-    unparsed_spans: list  # [[first, last], ...] as the manifest gives them
+    unreadable_lines: int
+    other_lines: int
+    unreadable_spans: list  # [[first, last], ...] as the manifest gives them
+    other_spans: list
 
 
 @dataclass(frozen=True)
 class Coverage:
+    """Every input line is accounted for: in a record, a banner, blank, or one of the two kinds
+    of lines no record took -- *unreadable call records* (shaped like spy output, not read:
+    calls are missing) and *other text* (application output, prose)."""
+
     lines: int
     record_lines: int
     banner_lines: int
     blank_lines: int
-    unparsed_lines: int
+    unreadable_lines: int
+    other_lines: int
 
     @property
     def parsed_share(self) -> float | None:
-        return None if not self.lines else (self.lines - self.unparsed_lines) / self.lines
+        """Lines read as spy output (records, banners) or blank, of all lines."""
+        return None if not self.lines else (self.lines - self.unreadable_lines - self.other_lines) / self.lines
 
 
 @dataclass(frozen=True)
@@ -140,6 +158,10 @@ class RunInfo:
     first_ts: datetime | None
     last_ts: datetime | None
     stages: list[str]
+
+    @property
+    def dialect_text(self) -> str:
+        return dialect_text(self.dialects)
 
     @property
     def span_seconds(self) -> float | None:
@@ -178,6 +200,7 @@ class SessionBar:
     end_s: float
     ended_by: str
     leaked: bool
+    before_log: bool = False  # opened before the log starts: drawn from its first call
 
 
 @dataclass(frozen=True)
@@ -251,6 +274,9 @@ class Report:
     findings_by_severity: dict[str, int]
     secrets: list[FindingGroup]  # groups whose code says secrets were in the trace
     overall_p95_ms: float | None
+    warnings: list[str]  # for the report's header: the figures below are incomplete, and why
+    app_output_excluded: int  # calls left out of the headline p95 (application output in their window)
+    sessions_before_log: int  # sessions whose C_OpenSession is not in the log
     charts: dict[str, str] = field(default_factory=dict)  # filled by the HTML renderer
 
     @property
@@ -268,7 +294,22 @@ def read_stage(out_dir: Path, name: str, required: bool = True) -> pl.DataFrame 
         if required:
             raise InputError(f"{out_dir}: no {name}.parquet; run `p11lens analyze {out_dir}` first")
         return None
-    return pl.read_parquet(path)
+    return python_datetimes(pl.read_parquet(path))
+
+
+def python_datetimes(frame: pl.DataFrame) -> pl.DataFrame:
+    """Datetime columns clipped to what Python's datetime holds (years 1-9999).
+
+    Why: the report turns rows into Python values, and a stamp Polars holds but Python cannot
+    (year 0, say: the parser nulls impossible stamps, but a bucket start aligned to the epoch
+    can still fall before year 1) would end the report with an exception.  Such a value is
+    shown as the nearest one the report can show; no real trace has one."""
+    lo, hi = PY_DATETIME_RANGE
+    return frame.with_columns(
+        pl.col(name).clip(pl.lit(lo).cast(dtype), pl.lit(hi).cast(dtype))
+        for name, dtype in frame.schema.items()
+        if isinstance(dtype, pl.Datetime)
+    )
 
 
 def read_manifest(out_dir: Path) -> dict:
@@ -320,13 +361,18 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
     findings, by_sev = _findings(fnd)
     secrets = [g for g in findings if is_secret_code(g.code)]
 
+    excluded = _app_output_excluded(manifest)
+    before_log = int((~ses["opened_in_log"]).sum()) if "opened_in_log" in ses.columns else 0
+    logged_in = int(ses["logged_in"].sum()) if ses.height else 0
     figures = [
         Figure("calls", "calls", calls, "int", f"{run.processes:,} process(es), {len(run.inputs):,} log(s)"),
         Figure("error_rate", "error rate", errors / calls if calls else None, "pct",
                f"{errors:,} error return(s)" + (f", {incomplete:,} without return" if incomplete else ""), errors > 0),
-        Figure("sessions", "sessions", ses.height, "int", f"{int(ses['logged_in'].sum()) if ses.height else 0:,} logged in"),
+        Figure("sessions", "sessions", ses.height, "int",
+               f"{logged_in:,} logged in" + (f", {before_log:,} opened before the log starts" if before_log else "")),
         Figure("leaked", "sessions left open", leaked, "int", "never closed nor finalized", leaked > 0),
-        Figure("p95", "p95 latency", overall, "ms", "all calls, upper bound"),
+        Figure("p95", "p95 latency", overall, "ms",
+               "all calls, upper bound" + (f"; {excluded:,} call(s) with application output in their window left out" if excluded else "")),
         Figure("findings", "findings", sum(by_sev.values()), "int",
                ", ".join(f"{by_sev[s]} {s}" for s in SEVERITIES if by_sev.get(s)) or "none", by_sev.get("high", 0) > 0),
     ]
@@ -337,6 +383,8 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
         Column("func", "function", "code"),
         Column("count", "calls", "int"),
         Column("with_latency", "timed", "int", "calls with a next entry to measure to"),
+        Column("app_output", "app output", "int", "timed calls whose window holds application output (a PIN prompt, say): "
+               "in these figures, but left out of the headline p95"),
         Column("p50_ms", "p50 ms", "ms"),
         Column("p90_ms", "p90 ms", "ms"),
         Column("p95_ms", "p95 ms", "ms"),
@@ -344,10 +392,11 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
         Column("max_ms", "max ms", "ms"),
         Column("total_ms", "total ms", "ms", "sum of the upper bounds"),
     ]
+    lat_cols = _present(lat_cols, lat)  # latency.parquet from before app_output has no such column
     latency = Table("latency", lat_cols, _rows(per_func.head(MAX_LATENCY_ROWS)), per_func.height, "latency.parquet")
     latency_mech = Table(
         "latency-mech",
-        [lat_cols[0], Column("mechanism", "mechanism", "code")] + lat_cols[1:7],
+        [lat_cols[0], Column("mechanism", "mechanism", "code")] + [c for c in lat_cols[1:] if c.key not in ("max_ms", "total_ms")],
         _rows(per_mech.head(MAX_MECH_LATENCY_ROWS)),
         per_mech.height,
         "latency.parquet",
@@ -407,30 +456,50 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
         findings_by_severity=by_sev,
         secrets=secrets,
         overall_p95_ms=overall,
+        warnings=_warnings(run),
+        app_output_excluded=excluded,
+        sessions_before_log=before_log,
     )
+
+
+def _warnings(run: RunInfo) -> list[str]:
+    """What the reader must know before trusting a figure: lines shaped like spy output that
+    could not be read mean calls missing from every table."""
+    if not run.coverage.unreadable_lines:
+        return []
+    bad = [(i.path, i.unreadable_spans) for i in run.inputs if i.unreadable_lines]
+    where = "; ".join(f"{path} line {spans[0][0]}" if spans else path for path, spans in bad[:3])
+    return [
+        f"{run.coverage.unreadable_lines:,} line(s) look like spy call records but could not be read: "
+        f"the calls in them are missing from every figure below (first in {where or 'the inputs'}; see Findings)."
+    ]
 
 
 def _run_info(out_dir: Path, m: dict, first_ts, last_ts) -> RunInfo:
     inputs = []
     for i in m.get("inputs", []):
         cov = i.get("coverage", {})
+        kinds = line_kinds(cov)
         counts = i.get("counts", {})
         inputs.append(
             InputFile(
                 path=i["path"],
                 size=i.get("size") or 0,
                 sha256=i.get("sha256", ""),
-                dialects=", ".join(i.get("dialects", [])) or "–",
+                dialects=dialect_text(i.get("dialects", [])),
                 records=counts.get("records", 0),
                 incomplete=counts.get("incomplete", 0),
                 processes=i.get("processes", 0),
                 lines=cov.get("lines", 0),
-                unparsed_lines=cov.get("unparsed_lines", 0),
-                unparsed_spans=cov.get("unparsed_spans", []),
+                unreadable_lines=kinds.unreadable,
+                other_lines=kinds.other,
+                unreadable_spans=kinds.unreadable_spans,
+                other_spans=kinds.other_spans,
             )
         )
     counts = m.get("counts", {})
     cov = m.get("coverage", {})
+    kinds = line_kinds(cov)
     stages = m.get("stages") or {}
     return RunInfo(
         out_dir=str(out_dir),
@@ -452,7 +521,8 @@ def _run_info(out_dir: Path, m: dict, first_ts, last_ts) -> RunInfo:
             record_lines=cov.get("record_lines", 0),
             banner_lines=cov.get("banner_lines", 0),
             blank_lines=cov.get("blank_lines", 0),
-            unparsed_lines=cov.get("unparsed_lines", 0),
+            unreadable_lines=kinds.unreadable,
+            other_lines=kinds.other,
         ),
         first_ts=first_ts,
         last_ts=last_ts,
@@ -465,6 +535,11 @@ def _stage_names(stages: Any) -> list[str]:
         outputs = stages.get("outputs")
         return sorted(outputs) if isinstance(outputs, dict) else sorted(k for k in stages if k in STAGES)
     return sorted(stages) if isinstance(stages, list) else []
+
+
+def _app_output_excluded(manifest: dict) -> int:
+    """Calls left out of the headline figures: their latency window holds application output."""
+    return int(manifest.get("stages", {}).get("latency_all_calls", {}).get("app_output_excluded") or 0)
 
 
 def _overall_p95(manifest: dict) -> float | None:
@@ -495,6 +570,7 @@ def _sessions(ses: pl.DataFrame, t0: datetime | None, procs: pl.DataFrame | None
         Column("session", "handle", "id"),
         Column("slot", "slot", "id"),
         Column("rw", "rw", "bool"),
+        Column("opened_in_log", "opened in log", "bool", "no: the session was opened before the log starts (its C_OpenSession is not in it)"),
         Column("opened_ts", "opened", "ts"),
         Column("duration_ms", "duration ms", "ms"),
         Column("ended_by", "ended by", "code"),
@@ -502,24 +578,27 @@ def _sessions(ses: pl.DataFrame, t0: datetime | None, procs: pl.DataFrame | None
         Column("errors", "errors", "int"),
         Column("user_type", "login", "code"),
         Column("operations", "operations", "int"),
-        Column("open_line", "line", "id", "line of the C_OpenSession record in the process's log"),
+        Column("first_line", "line", "id", "line of the C_OpenSession record, or of the session's first call when it was opened before the log"),
     ]
     if not ses.height:
         return Table("sessions", cols, [], 0, "sessions.parquet", "no sessions were opened"), Timeline([], {}, False, None)
+    if "opened_in_log" not in ses.columns:  # sessions.parquet from before fragments were told apart
+        ses = ses.with_columns(opened_in_log=pl.col("open_line").is_not_null(), first_line=pl.col("open_line"), first_ts=pl.col("opened_ts"))
     ses = ses.with_columns(
         lane=pl.struct("source", "process", "pid").map_elements(
             lambda s: lane_name(s["source"], s["process"], s["pid"]), return_dtype=pl.String
         ),
-        ref=pl.col("source") + pl.lit(":") + pl.col("open_line").cast(pl.String),
         user_type=pl.when(pl.col("logged_in")).then(pl.col("user_type").fill_null("yes")).otherwise(pl.lit(None)),
+        # where the timeline starts a session: its open, or its first call when opened before the log
+        start_ts=pl.coalesce("opened_ts", "first_ts"),
     )
     # leaked first, then the longest: what a reviewer wants to see when the table is capped
-    ranked = ses.sort(["leaked", "duration_ms", "opened_ts"], descending=[True, True, False], nulls_last=True)
+    ranked = ses.sort(["leaked", "duration_ms", "start_ts"], descending=[True, True, False], nulls_last=True)
     table = Table("sessions", cols, _rows(ranked.head(MAX_SESSION_ROWS)), ses.height, "sessions.parquet")
 
-    if t0 is None:
-        return table, Timeline([], {}, False, None)
     spans = _lane_spans(ses, procs)
+    if t0 is None or not spans:  # no session has a stamp to draw it at
+        return table, Timeline([], {}, False, None)
     # separate logs recorded at different times leave a global axis mostly empty: then each
     # process gets its own clock (time since its first call) so its sessions stay readable
     glob0 = min(a for a, _b in spans.values())
@@ -528,7 +607,7 @@ def _sessions(ses: pl.DataFrame, t0: datetime | None, procs: pl.DataFrame | None
     origin = {lane: (a if relative else glob0) for lane, (a, _b) in spans.items()}
     bars: list[SessionBar] = []
     open_series: dict[str, list[tuple[float, int]]] = {}
-    rows = [r for r in ses.sort("opened_ts").iter_rows(named=True) if r["opened_ts"] is not None]
+    rows = [r for r in ses.sort("start_ts").iter_rows(named=True) if r["start_ts"] is not None]
     per_lane: dict[str, list[dict]] = defaultdict(list)
     for r in rows:
         per_lane[r["lane"]].append(r)
@@ -546,12 +625,13 @@ def _sessions(ses: pl.DataFrame, t0: datetime | None, procs: pl.DataFrame | None
             if r["lane"] in keep:
                 o = origin[r["lane"]]
                 end = r["closed_ts"] or spans[r["lane"]][1]  # a leaked session lasts until its process's last call
-                bars.append(SessionBar(r["lane"], (r["opened_ts"] - o).total_seconds(), (end - o).total_seconds(), r["ended_by"], bool(r["leaked"])))
+                bars.append(SessionBar(r["lane"], (r["start_ts"] - o).total_seconds(), (end - o).total_seconds(), r["ended_by"],
+                                       bool(r["leaked"]), not r["opened_in_log"]))
     else:  # one process has too many sessions to draw one by one: open sessions over time
         for lane in ranked[:6]:
             o, events = origin[lane], []
             for r in per_lane[lane]:
-                events.append(((r["opened_ts"] - o).total_seconds(), 1))
+                events.append(((r["start_ts"] - o).total_seconds(), 1))
                 if r["closed_ts"] is not None:
                     events.append(((r["closed_ts"] - o).total_seconds(), -1))
             level, series = 0, [(0.0, 0)]
@@ -565,14 +645,15 @@ def _sessions(ses: pl.DataFrame, t0: datetime | None, procs: pl.DataFrame | None
 
 
 def _lane_spans(ses: pl.DataFrame, procs: pl.DataFrame | None) -> dict[str, tuple[datetime, datetime]]:
-    """First and last call time of each process lane (from processes.parquet when it has them)."""
+    """First and last call time of each process lane that has a stamped session (widened by
+    processes.parquet when it has them)."""
     spans: dict[str, tuple[datetime, datetime]] = {}
     for r in ses.iter_rows(named=True):
-        if r["opened_ts"] is None:
+        if r["start_ts"] is None:
             continue
-        last = max(t for t in (r["opened_ts"], r["closed_ts"]) if t is not None)
-        a, b = spans.get(r["lane"], (r["opened_ts"], last))
-        spans[r["lane"]] = (min(a, r["opened_ts"]), max(b, last))
+        stamps = [t for t in (r["start_ts"], r["closed_ts"]) if t is not None]
+        a, b = spans.get(r["lane"], (r["start_ts"], r["start_ts"]))
+        spans[r["lane"]] = (min(a, *stamps), max(b, *stamps))
     if procs is not None and {"first_ts", "last_ts"} <= set(procs.columns):
         for p in procs.iter_rows(named=True):
             lane = lane_name(p["source"], p["process"], p["pid"])

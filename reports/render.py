@@ -4,6 +4,13 @@ One payload feeds every renderer; the templates in ``reports/templates/`` format
 out and compute nothing.  The filters below are formatting only (numbers, times, tables as
 text), shared by the three formats so that a figure reads the same everywhere.
 
+Output hygiene: file names, function and mechanism names, labels and messages come from the
+logs (and their names), so they can hold anything.  HTML is autoescaped.  Markdown and text are
+escaped the same way, safe by default: every value a template prints passes the format's
+``finalize`` (Markdown: HTML and Markdown punctuation escaped; text: control characters made
+visible) unless a filter already made it safe (`Raw`: ``md``, ``code``, ``text_table``) or it
+is the template's own markup (``raw``: a table a macro built from escaped cells).
+
     render(load_report(out), "html")          # → str
     write_reports(out, ["html", "md", "txt"])  # → [out/report.html, out/report.md, out/report.txt]
 """
@@ -11,6 +18,7 @@ text), shared by the three formats so that a figure reads the same everywhere.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -64,9 +72,12 @@ def fmt(value: Any, kind: str = "text") -> str:
 
 
 def fmt_ts(value: datetime | None) -> str:
+    """``YYYY-MM-DD HH:MM:SS.mmm`` for any datetime (years 1-9999 padded to four digits, which
+    ``strftime`` does not do everywhere)."""
     if value is None:
         return DASH
-    return f"{value:%Y-%m-%d %H:%M:%S}.{value.microsecond // 1000:03d}"
+    v = value
+    return f"{v.year:04d}-{v.month:02d}-{v.day:02d} {v.hour:02d}:{v.minute:02d}:{v.second:02d}.{v.microsecond // 1000:03d}"
 
 
 def fmt_bytes(n: int | None) -> str:
@@ -133,17 +144,76 @@ def sort_key(value: Any) -> str:
     return str(value)
 
 
-def md_cell(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+class Raw(str):
+    """Text already safe for the format it is rendered in (see the module docstring)."""
+
+
+# C0 and C1 controls, DEL, and the Unicode marks that reorder or hide text (bidi overrides).
+_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+# Punctuation that starts inline Markdown anywhere; "_" only at a word's edge (inside a word,
+# as in C_Login, CommonMark never reads it as emphasis, so it stays readable there).
+_MD_INLINE = re.compile(r"([\\`*\[\]|~]|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z]))")
+# What makes a heading, a list item or a rule when it starts a line: "#", "-", "+", "=" (runs of
+# them too) or "1." / "1)", followed by a space or nothing.
+_MD_LINE_START = re.compile(r"^(?:[#+=-]+|\d{1,9}(?=[.)]))(?=[.)]?(?:\s|$))")
+
+
+def visible_controls(text: str) -> str:
+    r"""Control characters as visible escapes (``\x1b``, ``\u202e``): a name from a log must
+    not move a terminal's cursor, recolour it, or reorder the text around it."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if ord(m.group()) < 0x100 else f"\\u{ord(m.group()):04x}", text)
+
+
+def md_text(value: Any) -> Raw:
+    """A value as literal Markdown text: no HTML (``<``, ``>``, ``&`` as entities), no inline
+    markup (emphasis, links, code, table pipes, strike-through backslash-escaped), no heading or
+    list when it starts a line, and its controls visible (a newline too: one value, one line)."""
+    text = visible_controls(str(value)).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    text = _MD_INLINE.sub(r"\\\1", text)
+    m = _MD_LINE_START.match(text)
+    if m and text[0].isdigit():
+        return Raw(text[: m.end()] + "\\" + text[m.end() :])  # "1. x" -> "1\. x"
+    return Raw("\\" + text if m else text)
+
+
+def md_code(value: Any, cell: bool = False) -> Raw:
+    """A value as a Markdown code span that shows it exactly: a fence longer than any run of
+    backticks in it, padded when it starts or ends with a backtick or a space.  In a table
+    ``cell`` its pipes are escaped (GFM splits cells on them even inside code)."""
+    text = visible_controls(str(value))
+    if cell:
+        text = text.replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text[:1] in ("`", " ") or text[-1:] in ("`", " ") else ""
+    return Raw(f"{fence}{pad}{text}{pad}{fence}")
+
+
+def sentence(text: str) -> str:
+    """The first letter upper-case, the rest as written (Jinja's ``capitalize`` lowers it:
+    "CKR_OK" would read "ckr_ok")."""
+    return text[:1].upper() + text[1:]
+
+
+def raw(value: Any) -> Raw:
+    """Mark a template's own markup (a macro's table) as already safe."""
+    return Raw(value)
+
+
+def _md_finalize(value: Any) -> str:
+    return value if isinstance(value, Raw) else md_text(value)
+
+
+def _txt_finalize(value: Any) -> str:
+    return value if isinstance(value, Raw) else visible_controls(str(value))
 
 
 def text_table(table: Table, indent: str = "  ") -> str:
     """A table as aligned plain text (numbers right-aligned), for terminals."""
     if not table.rows:
-        return f"{indent}({table.empty})"
+        return Raw(f"{indent}({table.empty})")
     header = [c.label for c in table.columns]
-    body = [[fmt(cell(r, c.key), c.kind) for c in table.columns] for r in table.rows]
-    return text_grid(header, body, [c.numeric for c in table.columns], indent)
+    body = [[visible_controls(fmt(cell(r, c.key), c.kind)) for c in table.columns] for r in table.rows]
+    return Raw(text_grid(header, body, [c.numeric for c in table.columns], indent))
 
 
 def text_grid(header: list[str], body: list[list[str]], right: list[bool], indent: str = "  ") -> str:
@@ -159,10 +229,14 @@ def text_grid(header: list[str], body: list[list[str]], right: list[bool], inden
 # rendering
 
 
+_FINALIZE = {"md": _md_finalize, "txt": _txt_finalize}
+
+
 def environment(fmt_name: str) -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(TEMPLATES),
         autoescape=fmt_name == "html",
+        finalize=_FINALIZE.get(fmt_name),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
@@ -175,7 +249,10 @@ def environment(fmt_name: str) -> jinja2.Environment:
         duration=fmt_duration,
         signed=fmt_signed,
         sort_key=sort_key,
-        md=md_cell,
+        md=md_text,
+        code=md_code,
+        raw=raw,
+        sentence=sentence,
         text_table=text_table,
         trend=trend,
     )

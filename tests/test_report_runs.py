@@ -161,7 +161,8 @@ def text_table(text: str, heading: str) -> list[dict[str, str]]:
 
     rows = []
     for line in lines[2:]:
-        if not line.strip() or not line.startswith("  ") or line.startswith("  (showing"):
+        note = line.strip().startswith("(") and line.strip().endswith(")")  # "(showing ...)", "(N call(s) ...)"
+        if not line.strip() or not line.startswith("  ") or note:
             break
         rows.append(dict(zip(cut(header), cut(line))))
     return rows

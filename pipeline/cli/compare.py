@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
 from pipeline.cli.report import output_format
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK
-from reports.compare import compare_runs
+from reports.compare import MIN_SAMPLES, compare_runs
 from reports.render import FORMATS, render_comparison, write_text
 from reports.thresholds import parse_fail_on_list
+
+log = logging.getLogger("p11lens.compare")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,8 +24,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
             "Compare two output folders (baseline, candidate): per-function latency percentiles with "
             "deltas, call mix, new or vanished return codes, error-rate changes and new findings. "
             "Writes text to stdout unless -o FILE is given. With --fail-on, exits 1 when a threshold "
-            "is crossed: p95=+20%% (any function, relative; needs a rise over 1 ms), p99@C_Sign=+5ms, "
-            "errors=+0, error_rate=+0.5pp, leaked=+0, findings=high, rv=new."
+            "is crossed: p95=+20% (any function, relative; needs a rise over 1 ms), p99@C_Sign=+5ms, "
+            "errors=+0, error_rate=+0.5pp, leaked=+0, findings=high, rv=new. "
+            f"Latency thresholds skip functions with fewer than {MIN_SAMPLES} timed calls in either run "
+            "(a percentile of a handful of calls is noise); when such a function moved beyond the "
+            "limit all the same, a warning says so on stderr and in the comparison."
         ),
     )
     p.add_argument("base", type=Path, metavar="BASE_OUT", help="baseline output folder")
@@ -31,7 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-f", "--format", choices=sorted(FORMATS), default=None,
                    help="html, md or txt (default: from -o's extension, else txt)")
     p.add_argument("--fail-on", action="append", default=[], metavar="SPEC",
-                   help="exit 1 when this threshold is crossed (repeatable, or comma-separated)")
+                   help=f"exit 1 when this threshold is crossed (repeatable, or comma-separated); latency specs skip functions with under {MIN_SAMPLES} timed calls in either run")
     p.set_defaults(run=run)
 
 
@@ -46,5 +52,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write(text)
     for v in comp.verdicts:
         if v.crossed:
-            print(f"p11lens: threshold crossed: {v.threshold}: {v.detail}", file=sys.stderr)
+            log.error("threshold crossed: %s: %s", v.threshold, v.detail)
+    for warning in comp.warnings:
+        log.warning("warning: %s", warning)
     return EXIT_FINDINGS if comp.failed else EXIT_OK
