@@ -26,9 +26,8 @@ KEYS = ["func", "rv", "category"]
 
 
 def _hex(value: int) -> str:
-    """A 64-bit Windows spy prints codes >= 0x80000000 as negative 32-bit longs (§3.4): a
-    negative int64 in older calls tables, sign-extended in uint64 ones; shown as the 32-bit code."""
-    return f"{value & 0xFFFFFFFF if -(2**31) <= value < 0 or value >= 2**64 - 2**31 else value:08X}"
+    """A 64-bit Windows spy prints codes >= 0x80000000 as negative 32-bit longs (§3.4)."""
+    return f"{value & 0xFFFFFFFF if -(2**31) <= value < 0 else value:08X}"
 
 
 COLUMNS = ["func", "rv", "rv_name", "rv_hex", "category", "count", "first_ts", "last_ts", "share"]
