@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from reports.model import Bucket, SessionBar, Timeline  # noqa: E402
-from reports.render import fmt_ts  # noqa: E402
+from reports.render import fmt_ts, visible_controls  # noqa: E402
 
 W = 12.0  # inches: at the page's ~1140 px width, 9 pt text shows at ~12 px
 INK = "#1f2933"
@@ -87,6 +87,12 @@ def to_svg(fig, name: str, label: str) -> str:
     return svg.strip()
 
 
+def label(text: str) -> str:
+    """A name from a log (function, file) as chart text: controls visible, and ``$`` escaped, or
+    matplotlib would typeset ``$...$`` as mathematics (and fail on what does not parse)."""
+    return visible_controls(str(text)).replace("$", r"\$")
+
+
 def _time_unit(span_s: float) -> tuple[float, str]:
     if span_s <= 120:
         return 1.0, "s"
@@ -120,7 +126,7 @@ def latency_chart(rows: list[dict]) -> str:
         n = len(rows)
         fig, ax = plt.subplots(figsize=(W, 0.6 + 0.28 * n))
         ys = list(range(n))[::-1]
-        names = [r["func"] for r in rows]
+        names = [label(r["func"]) for r in rows]
         get = lambda key: [r[key] if r[key] is not None else 0 for r in rows]  # noqa: E731
         p50, p95, p99, mx = get("p50_ms"), get("p95_ms"), get("p99_ms"), get("max_ms")
         ax.hlines(ys, p50, mx, color=GRID, linewidth=2, zorder=1)
@@ -235,7 +241,7 @@ def _timeline(bars: list[SessionBar], t0) -> str:
                                hatch="////" if bar.leaked else None, edgecolor="white" if bar.leaked else "none", linewidth=0,
                                alpha=BEFORE_LOG_ALPHA if bar.before_log else 1.0)
             ticks.append(y + depth / 2)
-            labels.append(lane)
+            labels.append(label(lane))
             y += depth
             ax.axhline(y + 0.1, color=GRID, linewidth=0.8)
             y += 0.2
@@ -258,7 +264,7 @@ def _open_sessions(series: dict[str, list[tuple[float, int]]], t0) -> str:
     with plt.rc_context(STYLE):
         fig, ax = plt.subplots(figsize=(W, 3))
         for lane, pts in series.items():
-            ax.step([t / div for t, _ in pts], [n for _, n in pts], where="post", linewidth=1.2, label=lane)
+            ax.step([t / div for t, _ in pts], [n for _, n in pts], where="post", linewidth=1.2, label=label(lane))
         ax.set_ylabel("open sessions")
         ax.set_ylim(bottom=0)
         ax.set_xlim(0, span / div)
@@ -283,7 +289,7 @@ def compare_chart(rows: list[dict]) -> str:
                         arrowprops=dict(arrowstyle="-|>", color=RED if x1 > x0 else TEAL, lw=1.4, shrinkA=3, shrinkB=3))
         ax.scatter(b, ys, color=GREY, s=26, zorder=3, label="baseline p95")
         ax.scatter(c, ys, color=BLUE, s=26, zorder=3, label="candidate p95")
-        ax.set_yticks(ys, [r["func"] for r in rows], fontfamily="monospace")
+        ax.set_yticks(ys, [label(r["func"]) for r in rows], fontfamily="monospace")
         ax.set_ylim(-0.7, n - 0.3)
         _ms_axis(ax, max(b + c + [1]))
         ax.set_xlabel("p95 ms (upper bound, 1 ms resolution)")
