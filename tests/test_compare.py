@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from spylogs import p11lens
+from spylogs import DATA, p11lens
 from test_report_runs import SAMPLES, run_dir
 
 from reports.compare import compare_runs
@@ -164,3 +164,31 @@ def test_driver_workloads_with_and_without_errors():
     comp = compare_runs(run_dir("smoke"), run_dir("smoke+errors"), parse_fail_on_list(["errors=+0", "error_rate=+1pp"]))
     assert comp.failed and all(v.crossed for v in comp.verdicts)
     assert {r["rv_name"] for r in comp.rv_new.rows} >= {"CKR_PIN_INCORRECT"}
+
+
+def test_ungated_function_that_moved_is_said_loudly(tmp_path):
+    """The keygen trace against itself with a 50 ms pause after its first C_Sign: C_Sign has
+    under MIN_SAMPLES timed calls, so p95=+20% does not fail on it, but says it moved."""
+    from test_report_runs import records, run_log, shift_stamps
+
+    from reports.compare import MIN_SAMPLES
+
+    raw = (DATA / "02-keygen-sign_0.27.1.log").read_bytes()
+    heads = records(raw)
+    after_sign = next(b for (_a, name), (b, _n) in zip(heads, heads[1:]) if name == "C_Sign")
+    cand = run_log(shift_stamps(raw, after_sign, 50), tmp_path / "cand")
+    base = run_dir("keygen")
+    signs = [r for r in compare_runs(base, cand).latency.rows if r["func"] == "C_Sign"][0]
+    assert signs["p95_ms_c"] - signs["p95_ms_b"] > 20 and signs["count_b"] < MIN_SAMPLES
+
+    r = p11lens("compare", str(base), str(cand), "--fail-on", "p95=+20%")  # stderr as a user sees it
+    assert r.returncode == 0  # not gated: a percentile of so few calls is noise
+    err = r.stderr.decode()
+    assert "warning" in err and "p95=+20%" in err and "C_Sign" in err and f"fewer than {MIN_SAMPLES} timed calls" in err
+    comp = compare_runs(base, cand, parse_fail_on_list(["p95=+20%"]))
+    for fmt in ("html", "md", "txt"):
+        text = render_comparison(comp, fmt)
+        assert "not checked, but beyond the limit" in text and "C_Sign" in text, fmt
+    # the same move on the same function, gated by an absolute limit it does not reach: no warning
+    quiet = compare_runs(base, cand, parse_fail_on_list(["p95=+1000ms"]))
+    assert not quiet.warnings and not quiet.failed

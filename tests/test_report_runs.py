@@ -11,9 +11,11 @@ import atexit
 import html.parser
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+from datetime import datetime, timedelta
 from functools import lru_cache
 from pathlib import Path
 
@@ -83,6 +85,56 @@ def pin_needles() -> list[str]:
         if len(pin) >= 6:
             out.add(text)
     return sorted(out)
+
+
+# ---- real traces cut and edited the way users do it ---------------------------------------------
+
+HEADER = re.compile(rb"^(?:P:\d+; T:\S+ )?\d+: (C_\w+)\r?$", re.M)
+STAMP = re.compile(rb"^((?:P:\d+; T:\S+ )?)(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})(\r?)$", re.M)
+
+
+def records(raw: bytes) -> list[tuple[int, str]]:
+    """(byte offset, function) of every record header line in a log."""
+    return [(m.start(), m.group(1).decode()) for m in HEADER.finditer(raw)]
+
+
+def cut_before(raw: bytes, func: str) -> bytes:
+    """The log from the first ``func`` record on (a log that starts mid-run, at a record boundary)."""
+    return raw[next(at for at, name in records(raw) if name == func):]
+
+
+def without_records(raw: bytes, funcs: set[str]) -> bytes:
+    """The log with every record of ``funcs`` cut out whole (header to the next header)."""
+    heads = records(raw) + [(len(raw), "")]
+    drop = [(a, b) for (a, name), (b, _next) in zip(heads, heads[1:]) if name in funcs]
+    out, at = [], 0
+    for a, b in drop:
+        out.append(raw[at:a])
+        at = b
+    return b"".join(out) + raw[at:]
+
+
+def shift_stamps(raw: bytes, after: int, ms: int) -> bytes:
+    """Every timestamp line at or after byte ``after`` moved ``ms`` later (a pause inserted there)."""
+    def moved(m: re.Match) -> bytes:
+        if m.start() < after:
+            return m.group(0)
+        t = datetime.strptime(m.group(2).decode(), "%Y-%m-%d %H:%M:%S.%f") + timedelta(milliseconds=ms)
+        return m.group(1) + f"{t:%Y-%m-%d %H:%M:%S}.{t.microsecond // 1000:03d}".encode() + m.group(3)
+
+    return STAMP.sub(moved, raw)
+
+
+def run_log(raw: bytes, folder: Path, name: str = "trace.log") -> Path:
+    """Write ``raw`` as ``folder/name`` and run ``p11lens run`` on it in this process (exit 0
+    asserted); returns the output folder."""
+    from pipeline.cli import main
+
+    folder.mkdir(parents=True, exist_ok=True)
+    log, out = folder / name, folder / "out"
+    log.write_bytes(raw)
+    assert main(["-q", "run", str(log), "-o", str(out)]) == 0
+    return out
 
 
 # ---- reading tables back out of the rendered formats ------------------------------------------
