@@ -99,7 +99,9 @@ def fmt_duration(seconds: float | None) -> str:
         return f"{seconds:.3f} s"
     if seconds < 7200:
         return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
+    if seconds < 172_800:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.1f} days"
 
 
 def fmt_signed(value: float | None, kind: str = "ms") -> str:

@@ -13,7 +13,7 @@ import random
 import polars as pl
 import pytest
 from spylogs import DATA, p11lens
-from test_report_runs import SAMPLES, as_dicts, cut_before, html_tables, md_table, run_log, stage, text_table
+from test_report_runs import SAMPLES, STAMP, as_dicts, cut_before, html_tables, md_table, run_log, stage, text_table
 
 LOGS = SAMPLES + [DATA / f"{name}.log" for name in ("01-basic-session_0.27.1", "06-multithread_0.27.1", "02-keygen-sign_0.20.0")]
 
@@ -86,8 +86,20 @@ def test_stamps_at_the_ends_of_the_calendar(tmp_path):
     lines[stamps[-1]] = b"9999-12-31 23:59:59.999"
     out = run_log(b"\n".join(lines), tmp_path)
     txt = (out / "report.txt").read_text()
-    assert "0001-01-01 00:00:00.000 -> 9999-12-31 23:59:59.999" in txt
+    assert "0001-01-01 00:00:00.000 -> 9999-12-31 23:59:59.999 (3,652,059.0 days)" in txt
     assert_reports_list_sessions(out)
+
+
+def test_impossible_stamps(tmp_path):
+    """A real fragment whose every stamp names no date (month 13, year 0): the parser nulls and
+    flags them (``bad-timestamp``); with no time at all, every report still lists the sessions."""
+    raw = STAMP.sub(lambda m: m.group(1) + (b"0000-01-01" if m.start() % 2 else b"2026-13-45") + m.group(2)[10:] + m.group(3),
+                    cut_before(LOGS[0].read_bytes(), "C_Sign"))
+    out = run_log(raw, tmp_path)
+    calls = pl.read_parquet(out / "calls.parquet")
+    assert calls["ts"].is_null().all() and calls["flags"].list.contains("bad-timestamp").all()
+    assert_reports_list_sessions(out)
+    assert "– -> – (–)" in (out / "report.txt").read_text()
 
 
 def test_no_calls_at_all(tmp_path):
