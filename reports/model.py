@@ -343,6 +343,8 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
     err = frames["errors"]
     ses = frames["sessions"]
     fnd = frames["findings"]
+    if "opened_in_log" not in ses.columns:  # sessions.parquet from before fragments were told apart
+        ses = ses.with_columns(opened_in_log=pl.col("open_line").is_not_null(), first_line=pl.col("open_line"), first_ts=pl.col("opened_ts"))
 
     err = err.with_columns(rv_name=pl.when(pl.col("rv").is_null() & pl.col("rv_name").is_null())
                            .then(pl.lit(NO_RETURN)).otherwise(pl.col("rv_name")))
@@ -362,7 +364,7 @@ def build_report(out_dir: Path, manifest: dict, frames: dict[str, pl.DataFrame |
     secrets = [g for g in findings if is_secret_code(g.code)]
 
     excluded = _app_output_excluded(manifest)
-    before_log = int((~ses["opened_in_log"]).sum()) if "opened_in_log" in ses.columns else 0
+    before_log = int((~ses["opened_in_log"]).sum())
     logged_in = int(ses["logged_in"].sum()) if ses.height else 0
     figures = [
         Figure("calls", "calls", calls, "int", f"{run.processes:,} process(es), {len(run.inputs):,} log(s)"),
@@ -582,8 +584,6 @@ def _sessions(ses: pl.DataFrame, t0: datetime | None, procs: pl.DataFrame | None
     ]
     if not ses.height:
         return Table("sessions", cols, [], 0, "sessions.parquet", "no sessions were opened"), Timeline([], {}, False, None)
-    if "opened_in_log" not in ses.columns:  # sessions.parquet from before fragments were told apart
-        ses = ses.with_columns(opened_in_log=pl.col("open_line").is_not_null(), first_line=pl.col("open_line"), first_ts=pl.col("opened_ts"))
     ses = ses.with_columns(
         lane=pl.struct("source", "process", "pid").map_elements(
             lambda s: lane_name(s["source"], s["process"], s["pid"]), return_dtype=pl.String
