@@ -66,20 +66,26 @@ def _open_calls(out_dir: Path) -> pl.LazyFrame:
     return calls
 
 
-def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None = None, batch_rows: int = BATCH_ROWS) -> dict:
+def analyze(
+    out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None = None, batch_rows: int = BATCH_ROWS,
+    into: Path | None = None,
+) -> dict:
     """Write every stage output into ``out_dir``; return the manifest with its ``stages`` section.
 
     ``calls``: the calls to analyze instead of ``OUT/calls.parquet`` (``p11lens job`` passes its
     partitioned dataset, or a window of it); it must have the calls columns.  ``batch_rows``:
     calls per batch of the pass (memory against per-batch overhead; results do not depend on it).
+    ``into``: write the stage files and the manifest there instead (a staging folder whose set
+    replaces OUT's as a whole, `pipeline.outputs`); ``out_dir`` is only read then.
     """
     out_dir = Path(out_dir)
+    target = Path(into) if into is not None else out_dir
     started = time.perf_counter()
     if bucket is not None:
         parse_bucket(bucket)  # a bad option fails before any work
     given = calls is not None
     calls = calls if given else _open_calls(out_dir)
-    ensure_dir(out_dir)
+    ensure_dir(target)
     manifest = _read_manifest(out_dir)
     results: dict[str, dict] = {}
     lap = time.perf_counter()
@@ -111,15 +117,15 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
         ("processes", lambda: processes(summary["processes"], lives, logins_without_logout(summary["hits"]))),
         ("mechanisms", lambda: mechanisms(summary["latency"])),
         ("findings", lambda: findings(
-            summary["hits"], sessions=pl.scan_parquet(out_dir / "sessions.parquet"), process_counts=summary["processes"],
+            summary["hits"], sessions=pl.scan_parquet(target / "sessions.parquet"), process_counts=summary["processes"],
             inputs=manifest.get("inputs"),
         )),
     ):
         lap = time.perf_counter()
-        results[name] = {"file": f"{name}.parquet", "rows": write_frame(make(), out_dir / f"{name}.parquet")}
+        results[name] = {"file": f"{name}.parquet", "rows": write_frame(make(), target / f"{name}.parquet")}
         timings[name] = round(time.perf_counter() - lap, 3)
-    bucket_seconds = pl.scan_parquet(out_dir / "latency_over_time.parquet").select(pl.col("bucket_seconds").first()).collect().item()
-    by_severity = pl.read_parquet(out_dir / "findings.parquet", columns=["severity"])["severity"].value_counts().iter_rows()
+    bucket_seconds = pl.scan_parquet(target / "latency_over_time.parquet").select(pl.col("bucket_seconds").first()).collect().item()
+    by_severity = pl.read_parquet(target / "findings.parquet", columns=["severity"])["severity"].value_counts().iter_rows()
     manifest["stages"] = {
         "outputs": results,
         "bucket_seconds": bucket_seconds,
@@ -131,6 +137,6 @@ def analyze(out_dir: Path, bucket: str | None = None, calls: pl.LazyFrame | None
     }
     outputs = manifest.setdefault("outputs", {})
     outputs.update({name: info["file"] for name, info in results.items()})
-    write_json(out_dir / MANIFEST_FILE, manifest)
+    write_json(target / MANIFEST_FILE, manifest)
     log.info("analyze %s: %s in %.2f s", out_dir, ", ".join(f"{k} {v['rows']}" for k, v in results.items()), manifest["stages"]["elapsed_s"])
     return manifest

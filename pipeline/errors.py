@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 EXIT_OK = 0
 EXIT_FINDINGS = 1  # the input was read, but something the user asked to fail on was found
 EXIT_USAGE = 2  # bad options, unreadable or non-spy input, unwritable output
@@ -20,3 +23,10 @@ class InputError(P11lensError):
 
 class OutputError(P11lensError):
     """An output location that cannot be written."""
+
+
+def write_error(path: Path, exc: OSError) -> OutputError:
+    """One line that names the file and the cause of a failed write (Arrow's errors carry the
+    error number, but name no file and bury the cause in a longer message)."""
+    cause = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or type(exc).__name__
+    return OutputError(f"{path}: cannot write ({cause})")

@@ -19,9 +19,13 @@ pre-pass replays it (`pipeline.processes`) and hands each worker the state at it
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import dataclasses
 import hashlib
+import logging
 import os
 import re
+import signal
 import sys
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -35,12 +39,15 @@ from pipeline.assemble import Assembler, Counts, Coverage, Start
 from pipeline.processes import ProcessTracker
 from pipeline.store import CallsWriter, collection_per_batch
 from grammars.blocks import cut_ahead
-from pipeline.stream import iter_blocks
+from pipeline.stream import MAGIC_BYTES, iter_blocks, sniff
 from pipeline.records import CALLS_SCHEMA
+
+log = logging.getLogger(__name__)
 
 MIN_RANGE_BYTES = 64 << 20  # below this a worker costs more than it saves on 2 cores (two workers: 0.86-0.96x one on 30 MB, 0.9x on 100 MB, 1.08x on 300 MB)
 WARMUP_BYTES = 256 << 10
 SPILL_LIMIT_LINES = 20_000  # give up on a record still open this far past the range (a truncated one)
+_PR_SET_PDEATHSIG = 1  # prctl(2)
 _BOUNDARY = re.compile(rb"\n[ \t\r]*\n\d+: ")
 # The lines that change the process state: a header (the counter) or a banner, as whole lines
 # (with the grammar's trailing blanks, `spy.WS`).
@@ -145,6 +152,7 @@ class Task:
     warm_from: int
     start: Start
     stop_after_line: int  # the worker may stop once past this line with nothing owned open
+    source: str  # the rows' ``source`` (`pipeline.parse.source_label` of the path)
 
 
 @dataclass
@@ -158,8 +166,11 @@ class PartResult:
     pid_first_line: dict[int, int] = field(default_factory=dict)
 
 
-def plan(path: str, workers: int, min_range: int = MIN_RANGE_BYTES, warmup: int = WARMUP_BYTES) -> tuple[Layout, list[Task]] | None:
-    """Cut a file into worker ranges; None when one worker is the better choice."""
+def plan(
+    path: str, workers: int, min_range: int = MIN_RANGE_BYTES, warmup: int = WARMUP_BYTES, source: str | None = None,
+) -> tuple[Layout, list[Task]] | None:
+    """Cut a file into worker ranges; None when one worker is the better choice.  ``source``:
+    the rows' source (default: the path)."""
     size = os.path.getsize(path)
     workers = min(workers, size // min_range)
     if workers < 2:
@@ -186,7 +197,7 @@ def plan(path: str, workers: int, min_range: int = MIN_RANGE_BYTES, warmup: int 
             own_from=lines[k] + 1,
             own_to=lines[k + 1],
         )
-        tasks.append(Task(path, "", warm_from, start, lines[k + 1]))
+        tasks.append(Task(path, "", warm_from, start, lines[k + 1], source or path))
     return layout, tasks
 
 
@@ -203,7 +214,7 @@ def run_task(task: Task) -> PartResult:
 
 def parse_range(task: Task, writer: CallsWriter) -> PartResult:
     """Parse from the warm-up point until every owned record is closed, into ``writer``."""
-    assembler = Assembler(task.path, writer.rows.append, task.start, writer.add_clean)
+    assembler = Assembler(task.source, writer.rows.append, task.start, writer.add_clean)
     with collection_per_batch(), open(task.path, "rb") as fh:
         fh.seek(task.warm_from)
         for block, cut in cut_ahead(iter_blocks(fh)):
@@ -224,7 +235,7 @@ def _first_pid_lines(part: str) -> list[tuple[int, int]]:
     return list(frame.collect().iter_rows())
 
 
-def parse_file(path: str, writer: CallsWriter, workers: int) -> tuple[Layout, list[PartResult]] | None:
+def parse_file(path: str, writer: CallsWriter, workers: int, source: str | None = None) -> tuple[Layout, list[PartResult]] | None:
     """Parse one file with ``workers`` processes into ``writer``; None when one is better.
 
     The parent is one of them: it parses the first range itself.  The others start (and
@@ -232,18 +243,32 @@ def parse_file(path: str, writer: CallsWriter, workers: int) -> tuple[Layout, li
     """
     if workers < 2 or os.path.getsize(path) < 2 * MIN_RANGE_BYTES:
         return None
+    with open(path, "rb") as fh:
+        compression = sniff(fh.read(MAGIC_BYTES))
+    if compression is not None:  # a compressed stream cannot be entered at a byte offset
+        log.info("%s is %s-compressed: parsed by one worker", path, compression)
+        return None
     with _pool(workers - 1) as pool:
-        layout_tasks = plan(path, workers)
+        layout_tasks = plan(path, workers, source=source)
         if layout_tasks is None:
             return None
         return parse_parallel(path, layout_tasks, writer, pool)
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"), initializer=_die_with_parent, initargs=(os.getpid(),))
     for _ in range(workers):
         pool.submit(default_workers)  # spawns a worker now: it imports this module meanwhile
     return pool
+
+
+def _die_with_parent(parent: int) -> None:
+    """Make a worker die with the parse that started it (Linux).  A parent killed with -9 cannot
+    stop its workers, which would go on for minutes writing parts that the next run deletes."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(1)
 
 
 def parse_parallel(
@@ -258,7 +283,7 @@ def parse_parallel(
     layout, (first, *others) = layout_tasks
     target = Path(writer.path)
     others = [
-        Task(t.path, str(target.with_name(f"{target.name}.part{k}")), t.warm_from, t.start, t.stop_after_line)
+        dataclasses.replace(t, part=str(target.with_name(f"{target.name}.part{k}")))
         for k, t in enumerate(others, 1)
     ]
     try:

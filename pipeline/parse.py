@@ -9,7 +9,6 @@ unparsed_lines``, with every unparsed span's line range).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import sys
@@ -27,7 +26,7 @@ from pipeline.errors import InputError
 from pipeline.store import CallsWriter, atomic_path, collection_per_batch, ensure_dir, write_json
 from grammars import spy
 from grammars.blocks import cut_ahead
-from pipeline.stream import iter_blocks
+from pipeline.stream import LogReader, iter_blocks
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +44,7 @@ class InputReport:
     counts: dict
     processes: int
     coverage: dict
+    compression: dict | None = None  # {"format", "uncompressed_size", "complete"} of a compressed input
 
 
 def check_inputs(paths: list[str]) -> None:
@@ -65,6 +65,8 @@ def check_inputs(paths: list[str]) -> None:
 @contextmanager
 def _open_input(path: str) -> Iterator[BinaryIO]:
     if path == STDIN:
+        if sys.stdin is None:
+            raise InputError("stdin is closed (give a log file, or pipe one in)")
         yield sys.stdin.buffer
         return
     try:
@@ -75,6 +77,13 @@ def _open_input(path: str) -> Iterator[BinaryIO]:
         yield fh
 
 
+def source_label(path: str) -> str:
+    """An input's name as the rows' ``source`` and the manifest keep it: the path as given, with
+    bytes that are not UTF-8 (a file name from another system, which argv holds as surrogates
+    that Parquet, JSON and the reports cannot store) written ``\\xff``."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def input_size(path: str) -> int | None:
     return None if path == STDIN else os.path.getsize(path)
 
@@ -83,30 +92,32 @@ def parse_source(
     path: str, writer: CallsWriter, on_bytes: Callable[[int], None] | None = None, workers: int = 1
 ) -> InputReport:
     """Stream one log through the grammar into the writer's batches (in parallel when it pays)."""
+    source = source_label(path)
     if workers > 1 and path != STDIN:
         writer.flush()  # rows of earlier inputs go first
-        split = parallel.parse_file(path, writer, workers)
+        split = parallel.parse_file(path, writer, workers, source)
         if split is not None:
-            return _parallel_report(path, writer, *split, on_bytes)
-    digest = hashlib.sha256()
-    size = 0
-
-    def count(n: int) -> None:
-        nonlocal size
-        size += n
-        if on_bytes is not None:
-            on_bytes(n)
-
-    assembler = Assembler(path, writer.rows.append, emit_frame=writer.add_clean)
+            return _parallel_report(source, *split, on_bytes)
+    assembler = Assembler(source, writer.rows.append, emit_frame=writer.add_clean)
     with _open_input(path) as stream:
-        for block, cut in cut_ahead(iter_blocks(stream, digest, count)):
+        log_text = LogReader(stream, path, on_bytes)
+        for block, cut in cut_ahead(iter_blocks(log_text)):
             assembler.feed(block, cut)
             writer.flush_if_full(len(block))
     assembler.finish()
-    return _report(path, size, digest.hexdigest(), assembler.counts, assembler.coverage, assembler.dialects, assembler.processes)
+    compression = None
+    if log_text.compression is not None:
+        compression = {"format": log_text.compression, "uncompressed_size": log_text.size, "complete": not log_text.truncated}
+        if log_text.truncated:
+            log.warning("%s: the %s data ends early (a cut or unfinished file); read the %d bytes of log before the cut",
+                        source, log_text.compression, log_text.size)
+    return _report(
+        source, log_text.raw_size, log_text.digest.hexdigest(), assembler.counts, assembler.coverage, assembler.dialects,
+        assembler.processes, log_text.size, compression,
+    )
 
 
-def _parallel_report(path: str, writer: CallsWriter, layout, results, on_bytes) -> InputReport:
+def _parallel_report(source: str, layout, results, on_bytes) -> InputReport:
     """The input's report from the workers' parts (their counts and coverage added up)."""
     if on_bytes is not None:
         on_bytes(layout.size)
@@ -116,12 +127,17 @@ def _parallel_report(path: str, writer: CallsWriter, layout, results, on_bytes) 
         coverage.absorb(result.coverage)
     processes = max(len(set().union(*(r.processes_used for r in results))), counts.banners)
     dialects = set().union(*(r.dialects for r in results))
-    return _report(path, layout.size, layout.sha256, counts, coverage, dialects, processes)
+    return _report(source, layout.size, layout.sha256, counts, coverage, dialects, processes, layout.size)
 
 
-def _report(path: str, size: int, sha256: str, counts: Counts, coverage: Coverage, dialects: set[str], processes: int) -> InputReport:
-    if size and counts.records == 0 and counts.banners == 0:
-        raise InputError(f"{path} is not a pkcs11-spy log (no spy banner and no call record in {size} bytes)")
+def _report(
+    path: str, size: int, sha256: str, counts: Counts, coverage: Coverage, dialects: set[str], processes: int,
+    text_size: int, compression: dict | None = None,
+) -> InputReport:
+    """The manifest entry of one input (``size`` and ``sha256`` of the file as stored, which
+    differ from the text's ``text_size`` for a compressed one)."""
+    if text_size and counts.records == 0 and counts.banners == 0:
+        raise InputError(f"{path} is not a pkcs11-spy log (no spy banner and no call record in {text_size} bytes)")
     log.info(
         "%s: %d records (%d incomplete), %d of %d lines unparsed",
         path, counts.records, counts.incomplete, coverage.unparsed_lines, coverage.lines,
@@ -134,6 +150,7 @@ def _report(path: str, size: int, sha256: str, counts: Counts, coverage: Coverag
         counts=dataclasses.asdict(counts),
         processes=processes,
         coverage=dataclasses.asdict(coverage),
+        compression=compression,
     )
 
 
@@ -154,6 +171,7 @@ def parse_logs(
             reports = [parse_source(path, writer, on_bytes, workers) for path in paths]
         finally:
             writer.close()
+        _check_not_empty(reports)
     manifest = {
         "tool": "p11lens",
         "version": __version__,
@@ -167,6 +185,16 @@ def parse_logs(
     }
     write_json(out_dir / MANIFEST_FILE, manifest)
     return manifest
+
+
+def _check_not_empty(reports: list[InputReport]) -> None:
+    """An input without a single line is worth a warning; no input with one is an error (exit 2):
+    a report of 0 calls would only hide the mistake (a wrong path, a spy that never wrote)."""
+    empty = ["stdin" if r.path == STDIN else r.path for r in reports if r.coverage["lines"] == 0]
+    if len(empty) == len(reports):
+        raise InputError(f"nothing to parse: {', '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty (not a single line)")
+    for name in empty:
+        log.warning("%s is empty (not a single line)", name)
 
 
 def _total(parts) -> dict:

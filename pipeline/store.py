@@ -11,6 +11,7 @@ import contextlib
 import gc
 import json
 import os
+import re
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -19,7 +20,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.errors import OutputError
+from pipeline.errors import OutputError, write_error
 from grammars.body import read_fields
 from pipeline.records import CALLS_SCHEMA, RAW_SCHEMA, CleanRows, RawCall
 
@@ -41,16 +42,22 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
+# A temporary file's name ends in the writer's pid: ``.calls.parquet.tmp-<pid>`` (atomic_path),
+# and ``.calls.parquet.tmp-<pid>.part<k>`` for a parallel worker's part (pipeline.parallel).
+_TEMP = re.compile(r"\.tmp-(\d+)(?:\.part\d+)?$")
+
+
 def remove_stale_temps(folder: Path) -> None:
     """Delete temporary files left by a run that was killed (its pid no longer runs)."""
     for tmp in folder.glob(".*.tmp-*"):
-        pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
-            with contextlib.suppress(FileNotFoundError):
+        pid = _TEMP.search(tmp.name)
+        if pid and not process_alive(int(pid[1])):
+            with contextlib.suppress(OSError):  # gone already, or a folder we may only read
                 tmp.unlink()
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a pid that exists but is not ours to signal counts as running)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -60,18 +67,33 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def fsync_dir(path: Path) -> None:
+    """Make the names in a folder durable (a rename is only as durable as its folder)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
-    """A temporary path beside ``final`` that replaces it only if the block succeeds."""
+    """A temporary path beside ``final`` that replaces it only if the block succeeds.
+
+    A failed write (a full disk: Arrow's errors name no file) becomes `write_error` naming
+    ``final``; an error that names a file of its own (an input that cannot be opened) passes on.
+    """
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     try:
         yield tmp
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.filename in (None, str(tmp)):
+            raise write_error(final, exc) from None
         raise
 
 

@@ -8,13 +8,15 @@ configures logging and turns `P11lensError` into one line on stderr.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
 import sys
+from pathlib import Path
 
 from pipeline import __version__
-from pipeline.errors import EXIT_INTERNAL, EXIT_USAGE, P11lensError
+from pipeline.errors import EXIT_INTERNAL, EXIT_USAGE, P11lensError, write_error
 
 COMMANDS = ("parse", "drive", "analyze", "report", "run", "compare", "job")
 
@@ -61,26 +63,62 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     for name, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(name, value)
+    if sys.stdout is not None:  # a file name that is not UTF-8 is printed back as the bytes it was given
+        sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(args.verbose, args.quiet)
     try:
-        return args.run(args)
+        code = args.run(args)
+        write_stdout()  # a full disk or closed pipe behind stdout is reported here, not at exit
+        return code
     except P11lensError as exc:
         print(f"p11lens: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("p11lens: interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): nothing left to say to it
+        _drop_stdout()
         return EXIT_USAGE
     except OSError as exc:
-        print(f"p11lens: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        print(f"p11lens: error: {os_error_line(exc)}", file=sys.stderr)
+        _drop_stdout()
         return EXIT_USAGE
     except Exception as exc:  # a bug: say so in one line; -vv shows where
         log.debug("internal error", exc_info=True)
         print(f"p11lens: internal error: {type(exc).__name__}: {exc} (run with -vv for details)", file=sys.stderr)
         return EXIT_INTERNAL
+
+
+def write_stdout(text: str = "") -> None:
+    """Write ``text`` to stdout and flush it; a failure (a full disk behind ``>``) names stdout,
+    which Python's own error does not."""
+    if sys.stdout is None:  # closed by the caller (``>&-``): nobody to tell
+        return
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise write_error(Path("stdout"), exc) from None
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OS error the commands did not name themselves, as one line: the file(s) when the
+    error knows them, and the cause."""
+    cause = os.strerror(exc.errno) if exc.errno else exc.strerror or str(exc) or type(exc).__name__
+    names = [str(n) for n in (exc.filename, exc.filename2) if n is not None]
+    return f"{' -> '.join(names)}: {cause}" if names else cause
+
+
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null, so that the interpreter's flush at exit does not fail again
+    with a second message (Python's recipe for a closed pipe)."""
+    if sys.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 from pipeline.analyze import analyze
+from pipeline.cli import write_stdout
+from pipeline.outputs import replacing
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -30,13 +31,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    manifest = analyze(args.out, bucket=args.bucket)
+    with replacing(args.out, create=False) as stage:  # stages and manifest swap in together; older reports go
+        manifest = analyze(args.out, bucket=args.bucket, into=stage)
     stages = manifest["stages"]
     outputs = stages["outputs"]
     severities = ", ".join(f"{n} {s}" for s, n in stages["findings_by_severity"].items()) or "none"
-    print(
+    write_stdout(
         f"{outputs['sessions']['rows']} sessions, {outputs['latency']['rows']} latency rows, "
-        f"{outputs['findings']['rows']} findings ({severities}) in {stages['elapsed_s']:.2f} s → {args.out}",
-        file=sys.stdout,
+        f"{outputs['findings']['rows']} findings ({severities}) in {stages['elapsed_s']:.2f} s → {args.out}\n"
     )
     return 0

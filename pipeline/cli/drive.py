@@ -9,6 +9,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from pipeline.cli import write_stdout
 from pipeline.driver import WORKLOADS, DriveOptions, drive, truth_path
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK
 
@@ -53,8 +54,8 @@ def run(args: argparse.Namespace) -> int:
                         append=args.append, token_init=args.token_init)
     truth = drive(opts)
     s = truth["summary"]
-    print(f"{args.output}: {s['ops']} operations, {s['trace_bytes']} bytes ({s['bytes_per_op']} per operation), "
-          f"{s['ops_per_s']} operations/s; truth in {truth_path(args.output)}")
+    write_stdout(f"{args.output}: {s['ops']} operations, {s['trace_bytes']} bytes ({s['bytes_per_op']} per operation), "
+                 f"{s['ops_per_s']} operations/s; truth in {truth_path(args.output)}\n")
     if s["unexpected"]:
         log.warning("%d operation(s) returned other than expected: indices %s", len(s["unexpected"]), s["unexpected"][:20])
         return EXIT_FINDINGS if args.strict else EXIT_OK

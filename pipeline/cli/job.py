@@ -6,6 +6,7 @@ import argparse
 import logging
 import sys
 
+from pipeline.cli import write_stdout
 from pipeline.errors import P11lensError
 
 log = logging.getLogger("p11lens.job")
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     if args.init is not None:
         if args.config is not None:
             raise P11lensError("give either CONFIG.toml or --init PATH, not both")
-        print(f"wrote {write_example(args.init)}")
+        write_stdout(f"wrote {write_example(args.init)}\n")
         return 0
     if args.config is None:
         raise P11lensError("give a job configuration (p11lens job CONFIG.toml), or --init to write an example")
@@ -47,8 +48,8 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s", warning)
     for crossed in report.crossed:
         print(f"p11lens: threshold crossed: {crossed}", file=sys.stderr)
-    print(
+    write_stdout(
         f"job: {report.files} file(s), {len(report.changed)} changed, {report.new_records} new record(s), "
-        f"{'outputs updated' if report.analyzed else 'outputs unchanged'} → {cfg.output}"
+        f"{'outputs updated' if report.analyzed else 'outputs unchanged'} → {cfg.output}\n"
     )
     return report.exit_code

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from pipeline.cli import write_stdout
 from pipeline.cli.progress import byte_progress
+from pipeline.outputs import replacing
 from pipeline.parallel import MIN_RANGE_BYTES, default_workers
 from pipeline.parse import check_inputs, input_size, parse_logs
 
@@ -36,12 +37,13 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     )
 
 
-def parse_with_progress(args: argparse.Namespace) -> dict:
+def parse_with_progress(args: argparse.Namespace, into: Path) -> dict:
+    """Parse ``args.logs`` into the folder ``into`` (the staging folder of ``args.output``)."""
     check_inputs(args.logs)
     sizes = [input_size(path) for path in args.logs]
     total = None if None in sizes else sum(sizes)
     with byte_progress(total, "parse") as advance:
-        return parse_logs(args.logs, args.output, advance, args.workers)
+        return parse_logs(args.logs, into, advance, args.workers)
 
 
 def _positive(text: str) -> int:
@@ -51,8 +53,10 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    manifest = parse_with_progress(args)
-    print(summary_line(manifest, args.output), file=sys.stdout)
+    check_inputs(args.logs)  # a bad input fails in one line, before anything is created
+    with replacing(args.output) as stage:
+        manifest = parse_with_progress(args, stage)
+    write_stdout(summary_line(manifest, args.output) + "\n")
     return 0
 
 

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
+from pipeline.cli import write_stdout
+from pipeline.outputs import recover, replacing
 from reports.model import load_report
 from reports.render import FORMATS, default_path, render, write_text
 
@@ -35,17 +36,17 @@ def output_format(fmt: str | None, output: str | None) -> str:
     return {"htm": "html", "markdown": "md", "text": "txt"}.get(suffix, suffix) if suffix in (*FORMATS, "htm", "markdown", "text") else "html"
 
 
-def emit(text: str, output: str | None, default: Path) -> Path | None:
-    if output == "-":
-        sys.stdout.write(text)
-        return None
-    return write_text(Path(output) if output else default, text)
-
-
 def run(args: argparse.Namespace) -> int:
     fmt = output_format(args.format, args.output)
+    if args.output is None:  # OUT/report.<format> joins OUT's set like any of its outputs
+        with replacing(args.out, keep_derived=True, create=False) as stage:
+            write_text(default_path(stage, fmt), render(load_report(args.out), fmt))
+        write_stdout(f"{default_path(args.out, fmt)}\n")
+        return 0
+    recover(args.out)  # read a whole set, not one a killed run was installing
     text = render(load_report(args.out), fmt)
-    path = emit(text, args.output, default_path(args.out, fmt))
-    if path is not None:
-        print(path)
+    if args.output == "-":
+        write_stdout(text)
+    else:
+        write_stdout(f"{write_text(Path(args.output), text)}\n")
     return 0

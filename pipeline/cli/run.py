@@ -6,9 +6,10 @@ import argparse
 import logging
 import time
 
+from pipeline.cli import write_stdout
 from pipeline.cli.parse import add_input_options, parse_with_progress, summary_line
+from pipeline.outputs import replacing, report_of
 from pipeline.parse import check_inputs
-from reports.model import load_report
 from reports.render import FORMATS, write_reports
 
 log = logging.getLogger("p11lens.run")
@@ -48,15 +49,16 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet and log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # progress is the point of `run`; -q turns it off
     started = time.perf_counter()
-    log.info("parsing %d log(s) ...", len(args.logs))
-    manifest = parse_with_progress(args)
-    log.info("%s", summary_line(manifest, args.output))
-    log.info("analyzing ...")
     from pipeline.analyze import analyze  # the stages; imported here so `p11lens --help` stays light
 
-    analyze(args.output, bucket=args.bucket)
-    log.info("rendering %s ...", ", ".join(wanted))
-    paths = write_reports(args.output, wanted, load_report(args.output))
+    with replacing(args.output) as stage:  # calls, stages and reports replace the previous run's as one set
+        log.info("parsing %d log(s) ...", len(args.logs))
+        manifest = parse_with_progress(args, stage)
+        log.info("%s", summary_line(manifest, args.output))
+        log.info("analyzing ...")
+        analyze(stage, bucket=args.bucket)
+        log.info("rendering %s ...", ", ".join(wanted))
+        paths = [args.output / p.name for p in write_reports(stage, wanted, report_of(stage, args.output))]
     log.info("done in %.1f s", time.perf_counter() - started)
-    print("reports: " + " ".join(str(p) for p in paths))
+    write_stdout("reports: " + " ".join(str(p) for p in paths) + "\n")
     return 0

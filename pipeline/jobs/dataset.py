@@ -21,9 +21,9 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.jobs.state import Part, State, fsync_dir
+from pipeline.jobs.state import Part, State
 from pipeline.records import CALLS_SCHEMA
-from pipeline.store import COMPRESSION, atomic_path, remove_stale_temps
+from pipeline.store import COMPRESSION, atomic_path, fsync_dir, remove_stale_temps
 
 NULL_DATE = "__HIVE_DEFAULT_PARTITION__"
 PART_RE = re.compile(r"part-\d+-\d+\.parquet")

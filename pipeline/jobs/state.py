@@ -15,12 +15,11 @@ replaceable part files and parsed again from the checkpoint whenever the file ch
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pipeline.errors import P11lensError
-from pipeline.store import atomic_path
+from pipeline.store import atomic_path, fsync_dir
 
 STATE_VERSION = 1
 COUNT_KEYS = ("records", "complete", "incomplete", "uncertain", "banners", "load_errors")
@@ -151,14 +150,6 @@ def load_state(path: Path) -> State | None:
         return State.from_json(json.loads(text))
     except (ValueError, TypeError, KeyError) as exc:
         raise StateError(f"{path}: damaged job state ({type(exc).__name__}: {exc}); move the output folder away to start over") from None
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_state(path: Path, state: State) -> None:
