@@ -140,13 +140,16 @@ def read_parts(calls_dir: Path, parts: list[Part]) -> pl.DataFrame:
     return pl.read_parquet([calls_dir / p.file for p in parts], hive_partitioning=False) if parts else empty_calls()
 
 
-def relabel(calls_dir: Path, state: State, writer: PartWriter, mapping: dict[str, str]) -> tuple[list[Part], list[Part]]:
-    """Rewrite the parts holding rows of a source in ``mapping`` with the new source: (added, dropped)."""
+def relabel(calls_dir: Path, state: State, writer: PartWriter, mapping: dict[str, str | None]) -> tuple[list[Part], list[Part]]:
+    """Rewrite the parts holding rows of a source in ``mapping`` with the new source, or without
+    those rows where it maps to None (a file to parse again from its start): (added, dropped)."""
     dropped = [p for p in state.parts if set(p.sources) & set(mapping)]
+    gone = [source for source, new in mapping.items() if new is None]
+    renamed = {source: new for source, new in mapping.items() if new is not None}
     added: list[Part] = []
     for part in dropped:
-        frame = read_parts(calls_dir, [part]).with_columns(pl.col("source").replace(mapping))
-        added += writer.write(frame, mapping.get(part.tail_of, part.tail_of) if part.tail_of else None)
+        frame = read_parts(calls_dir, [part]).filter(~pl.col("source").is_in(gone)).with_columns(pl.col("source").replace(renamed))
+        added += writer.write(frame, renamed.get(part.tail_of, part.tail_of) if part.tail_of else None)
     return added, dropped
 
 

@@ -23,7 +23,7 @@ from typing import BinaryIO
 from pipeline.assemble import Assembler, Start
 from pipeline.jobs.state import Checkpoint, Stats
 from pipeline.records import RawCall
-from pipeline.stream import iter_sized_blocks
+from pipeline.stream import MAGIC_BYTES, LogReader, iter_sized_blocks, sniff
 
 HEAD_BYTES = 64 << 10
 ANCHOR_BYTES = 4096
@@ -166,19 +166,26 @@ def parse_file(
     commit: Callable[[list[RawCall]], None],
     on_block: Callable[[], None] | None = None,
 ) -> FileResult:
-    """Parse ``fh`` from ``base`` (None: from the start); final rows go to ``commit`` in batches."""
+    """Parse ``fh`` from ``base`` (None: from the start); final rows go to ``commit`` in batches.
+
+    A compressed file (`pipeline.stream.sniff`) is always read from its start (``base`` must be
+    None): a compressed stream cannot be entered at an offset, so its checkpoint keeps no resume
+    point, and a change to it means parsing it again (`pipeline.jobs.run`).
+    """
     if base is None:
         base = Checkpoint(path=path, dev=st.st_dev, ino=st.st_ino, head_len=0, head_sha256="", size_seen=0, mtime_ns=0)
+    compression = sniff(os.pread(fh.fileno(), MAGIC_BYTES, 0))
     rows: list[RawCall] = []
     start, pid_process = _start(base.resume)
     asm = Assembler(path, rows.append, start)
     asm.pid_process.update(pid_process)
     fh.seek(base.offset)
+    stream = fh if compression is None else LogReader(fh, path)
     offset = base.offset
     candidate: _Quiet | None = None  # quiet, but only safe once more data follows it
     confirmed: _Quiet | None = None
     committed = 0
-    for nbytes, text in iter_sized_blocks(fh, split_tail=True):
+    for nbytes, text in iter_sized_blocks(stream, split_tail=True):
         if candidate is not None:
             confirmed = candidate
             candidate = None
@@ -194,26 +201,30 @@ def parse_file(
         if on_block is not None:
             on_block()
     asm.finish()
+    size = offset if compression is None else stream.raw_size
     before, after = _split_stats(asm, confirmed)
     cp = dataclasses.replace(
         base,
         dev=st.st_dev,
         ino=st.st_ino,
-        head_len=min(offset, HEAD_BYTES),
-        head_sha256=head_hash(fh, min(offset, HEAD_BYTES)),
-        size_seen=offset,
+        head_len=min(size, HEAD_BYTES),
+        head_sha256=head_hash(fh, min(size, HEAD_BYTES)),
+        size_seen=size,
         mtime_ns=st.st_mtime_ns,
         committed=base.committed.plus(before),
         tail=after,
         missing=False,
+        compression=compression,
     )
-    if confirmed is not None:
+    if confirmed is not None and compression is None:
         cp.offset = confirmed.offset
         cp.anchor_sha256 = anchor_hash(fh, confirmed.offset)
         cp.resume = confirmed.resume
-    cp.tail_bytes = offset - cp.offset
+    cp.tail_bytes = size - cp.offset
     warnings = []
-    if cp.tail_bytes > BIG_TAIL:
+    if compression is not None and stream.truncated:
+        warnings.append(f"{path}: the {compression} data ends early (still being written?); read it again when it changes")
+    elif cp.tail_bytes > BIG_TAIL and compression is None:
         warnings.append(
             f"{path}: {cp.tail_bytes} bytes after line {cp.lines_before} stay uncommitted (a record there is still open); "
             "they are parsed again whenever the file changes"
@@ -221,4 +232,4 @@ def parse_file(
     total = cp.stats
     if offset and total.counts["records"] == 0 and total.counts["banners"] == 0:
         warnings.append(f"{path}: not a pkcs11-spy log (no spy banner and no call record in {offset} bytes)")
-    return FileResult(cp, rows, committed, offset - base.offset, warnings)
+    return FileResult(cp, rows, committed, size - base.offset, warnings)

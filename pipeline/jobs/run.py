@@ -32,6 +32,8 @@ from pipeline.jobs.config import JobConfig
 from pipeline.jobs.incremental import changed_reason, parse_file, unchanged
 from pipeline.jobs.lock import JobLock
 from pipeline.jobs.state import Checkpoint, Part, Retired, State, StateError, load_state, save_state
+from pipeline.outputs import recover, replacing, report_of
+from pipeline.parse import source_label
 from pipeline.store import CallsWriter, ensure_dir, records_frame, remove_stale_temps, write_json
 
 log = logging.getLogger("p11lens.job")
@@ -95,6 +97,7 @@ def run_job(cfg: JobConfig) -> RunReport:
     started = _utc_now()
     report = RunReport()
     with JobLock(jobdir / "lock"):
+        recover(out)  # a killed run's staged outputs: finished or dropped
         try:
             _run_locked(cfg, out, jobdir, report)
         except P11lensError as exc:
@@ -124,7 +127,12 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
     dataset.cleanup(calls_dir, state)
     calls_dir.mkdir(exist_ok=True)
 
-    sources = _expand(cfg)
+    sources = []
+    for src in _expand(cfg):
+        if source_label(src) == src:
+            sources.append(src)
+        else:  # the rows' source must be UTF-8 (Parquet), and a relabelled one would not match its checkpoint
+            report.warnings.append(f"{source_label(src)}: its name is not UTF-8; skipped (rename it)")
     report.files = len(sources)
     if not sources and not state.files:
         raise P11lensError(f"{cfg.path}: no file matches inputs {cfg.inputs} (relative to {cfg.base_dir})")
@@ -143,7 +151,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
         except OSError as exc:
             report.warnings.append(f"{src}: {exc.strerror}; skipped")
     by_id = {(st.st_dev, st.st_ino): src for src, st in stats.items()}
-    relabel: dict[str, str] = {}
+    relabel: dict[str, str | None] = {}  # old source -> new source, or None: its rows are dropped
     moved: dict[str, Checkpoint] = {}
     for old, cp in state.files.items():
         st = stats.get(old)
@@ -162,6 +170,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
                 report.warnings.append(f"{old}: renamed to {new} (rotated); its rows now say source={new}")
     files: dict[str, Checkpoint] = {k: v for k, v in state.files.items() if k not in relabel}
     plans: dict[str, Checkpoint | None] = {}
+    reparsed: dict[str, int] = {}  # compressed files parsed again from their start: their rows so far
     for src in sources:
         if src not in stats:
             continue
@@ -171,7 +180,8 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
         else:
             cp = files.get(src)
         if cp is None:
-            plans[src] = None
+            if stats[src].st_size:  # an empty new file is no new data (a checkpoint comes with its first bytes)
+                plans[src] = None
             continue
         if unchanged(stats[src], cp):
             cp.missing = False
@@ -179,6 +189,12 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
             continue
         with open(_full(cfg, src), "rb") as fh:
             reason = changed_reason(fh, os.fstat(fh.fileno()), cp)
+        if reason is None and cp.compression is not None:  # grown in place; a compressed stream has no resume point
+            labelled = next((old for old, new in relabel.items() if new == src), src)
+            relabel[labelled] = None  # its rows go; it is parsed again from its start
+            reparsed[src] = cp.stats.counts["records"]
+            plans[src] = None
+            continue
         if reason is None:
             plans[src] = cp
             continue
@@ -222,7 +238,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
                 tails[src] = result.tail_rows
                 report.changed.append(src)
                 report.bytes_parsed += result.bytes_read
-                report.new_records += result.committed_rows + len(result.tail_rows) - old_tail
+                report.new_records += result.committed_rows + len(result.tail_rows) - old_tail - reparsed.get(src, 0)
                 report.warnings += result.warnings
         finally:
             calls.close()
@@ -310,7 +326,7 @@ def _manifest(cfg: JobConfig, state: State, calls_dir: Path, parts: list[Part]) 
         inputs.append({
             "path": src, "size": cp.size_seen, "sha256": cp.head_sha256, "sha256_of": f"first {cp.head_len} bytes",
             "dialects": s.dialects, "counts": s.counts, "processes": s.processes, "coverage": s.coverage,
-            "missing": cp.missing, "committed_offset": cp.offset,
+            "missing": cp.missing, "committed_offset": cp.offset, "compression": cp.compression,
         })
     for r in state.retired:
         inputs.append({
@@ -345,7 +361,6 @@ def _manifest(cfg: JobConfig, state: State, calls_dir: Path, parts: list[Part]) 
 def _outputs(cfg: JobConfig, out: Path, jobdir: Path, state: State, report: RunReport, kill) -> None:
     from pipeline.analyze import analyze
     from reports.compare import compare_runs
-    from reports.model import load_report
     from reports.render import write_reports
 
     calls_dir = out / "calls"
@@ -364,13 +379,14 @@ def _outputs(cfg: JobConfig, out: Path, jobdir: Path, state: State, report: RunR
             if cfg.fail_on and cfg.baseline is None and (out / "manifest.json").is_file() and current is not None:
                 _keep_previous(out, previous)
             lap = time.perf_counter()
-            write_json(out / "manifest.json", _manifest(cfg, state, calls_dir, parts))
-            analyze(out, bucket=cfg.bucket, calls=dataset.scan(calls_dir, parts))
-            report.timings["analyze"] = round(time.perf_counter() - lap, 3)
-            kill("analyzed")
-            lap = time.perf_counter()
-            if cfg.formats:
-                write_reports(out, cfg.formats, load_report(out))
+            with replacing(out) as stage:  # manifest, stage files and reports swap in as one set
+                write_json(stage / "manifest.json", _manifest(cfg, state, calls_dir, parts))
+                analyze(stage, bucket=cfg.bucket, calls=dataset.scan(calls_dir, parts))
+                report.timings["analyze"] = round(time.perf_counter() - lap, 3)
+                kill("analyzed")
+                lap = time.perf_counter()
+                if cfg.formats:
+                    write_reports(stage, cfg.formats, report_of(stage, out))
             report.timings["report"] = round(time.perf_counter() - lap, 3)
             write_json(marker, {"fingerprint": fingerprint, "serial": state.serial})
             report.analyzed = True

@@ -74,6 +74,7 @@ class Checkpoint:
     tail: Stats = field(default_factory=Stats)
     tail_bytes: int = 0  # bytes after `offset` (parsed again next time the file changes)
     missing: bool = False  # the file was not found by the last run (its rows stay)
+    compression: str | None = None  # gzip, bzip2, xz, zstd: read whole each time it changes (no resume point)
 
     @property
     def lines_before(self) -> int:
