@@ -12,6 +12,7 @@ section of ``OUT/manifest.json``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -44,9 +45,25 @@ def _read_manifest(out_dir: Path) -> dict:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: unreadable manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: not a p11lens manifest (a JSON {type(manifest).__name__}, not an object)")
+    return manifest
+
+
+@contextlib.contextmanager
+def _read_whole(source: Path):
+    """A calls file damaged after it was written (a disk error, a copy cut short) is bad input,
+    not a bug: Polars finds it only when it reads the pages, and says so in a ComputeError
+    that names its Parquet reader."""
+    try:
+        yield
+    except pl.exceptions.ComputeError as exc:
+        if not str(exc).startswith("parquet"):
+            raise
+        raise InputError(f"{source}: damaged Parquet data ({str(exc).splitlines()[0]})") from None
 
 
 def _open_calls(out_dir: Path) -> pl.LazyFrame:
@@ -89,24 +106,25 @@ def analyze(
     manifest = _read_manifest(out_dir)
     results: dict[str, dict] = {}
     lap = time.perf_counter()
-    axis = time_axis(calls, bucket)
-    # One pass over the calls in batches, reduced to the summaries the stages are computed from.
-    summary = {
-        name: frame.lazy()
-        for name, frame in reduce_calls(
-            calls,
-            {
-                "latency": latency_counts(app_output_spans(manifest.get("inputs"))),
-                "buckets": bucket_counts(axis),
-                "errors": error_counts(),
-                "lives": life_parts(),
-                "ends": ends(),
-                "processes": process_counts(),
-                "hits": finding_hits(),
-            },
-            batch_rows,
-        ).items()
-    }
+    with _read_whole(out_dir / CALLS_FILE if not given else out_dir):
+        axis = time_axis(calls, bucket)
+        # One pass over the calls in batches, reduced to the summaries the stages are computed from.
+        summary = {
+            name: frame.lazy()
+            for name, frame in reduce_calls(
+                calls,
+                {
+                    "latency": latency_counts(app_output_spans(manifest.get("inputs"))),
+                    "buckets": bucket_counts(axis),
+                    "errors": error_counts(),
+                    "lives": life_parts(),
+                    "ends": ends(),
+                    "processes": process_counts(),
+                    "hits": finding_hits(),
+                },
+                batch_rows,
+            ).items()
+        }
     timings = {"derive": round(time.perf_counter() - lap, 3)}
     lives = session_lives(summary["lives"], summary["ends"]).collect().lazy()
     for name, make in (

@@ -59,10 +59,9 @@ def replacing(out: Path, *, keep_derived: bool = False, create: bool = True) -> 
     out = Path(out)
     if source_label(str(out)) != str(out):
         raise OutputError(f"output folder {source_label(str(out))}: its name is not UTF-8, which Arrow and Polars cannot open")
-    if create:
-        ensure_dir(out)
-    elif not out.is_dir():
+    if not create and not out.is_dir():
         raise InputError(f"{out}: no such output folder (run `p11lens run LOG -o {out}` first)")
+    ensure_dir(out)
     recover(out)
     stage = out / f"{STAGING_PREFIX}{os.getpid()}-{next(_serial)}"
     try:
@@ -112,7 +111,7 @@ def derived_outputs(out: Path) -> set[str]:
     from reports.render import EXTENSIONS
 
     names = {f"{stage}.parquet" for stage in OUTPUTS} | {f"report{ext}" for ext in EXTENSIONS.values()}
-    with contextlib.suppress(OSError, ValueError, AttributeError):
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):  # no manifest, or not ours
         listed = json.loads((out / "manifest.json").read_text(encoding="utf-8"))["outputs"].values()
         names |= {name for name in listed if isinstance(name, str) and _PLAIN_NAME.fullmatch(name)}
     names.discard("calls.parquet")

@@ -31,6 +31,7 @@ from pipeline.stream import LogReader, iter_blocks
 log = logging.getLogger(__name__)
 
 STDIN = "-"
+UNREADABLE_SHOWN = 5  # line ranges named in the warning about unreadable call records
 CALLS_FILE = "calls.parquet"
 MANIFEST_FILE = "manifest.json"
 
@@ -138,9 +139,11 @@ def _report(
     differ from the text's ``text_size`` for a compressed one)."""
     if text_size and counts.records == 0 and counts.banners == 0:
         raise InputError(f"{path} is not a pkcs11-spy log (no spy banner and no call record in {text_size} bytes)")
+    if coverage.unreadable_lines:
+        log.warning("%s", unreadable_warning(path, coverage.unreadable_lines, coverage.unreadable_spans))
     log.info(
-        "%s: %d records (%d incomplete), %d of %d lines unparsed",
-        path, counts.records, counts.incomplete, coverage.unparsed_lines, coverage.lines,
+        "%s: %d records (%d incomplete); of %d lines, %d unreadable call-record lines and %d of other text",
+        path, counts.records, counts.incomplete, coverage.lines, coverage.unreadable_lines, coverage.other_lines,
     )
     return InputReport(
         path=path,
@@ -185,6 +188,14 @@ def parse_logs(
     }
     write_json(out_dir / MANIFEST_FILE, manifest)
     return manifest
+
+
+def unreadable_warning(source: str, lines: int, spans: list[list[int]], hint: str = "--strict makes this exit 1") -> str:
+    """One line on the call records that were lost: how many lines, and where the first are."""
+    shown = ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in spans[:UNREADABLE_SHOWN])
+    more = ", ..." if len(spans) > UNREADABLE_SHOWN else ""
+    return (f"{source}: {lines} unreadable call-record line(s), shaped like spy output but not read into a call "
+            f"(lines {shown}{more}); {hint}")
 
 
 def _check_not_empty(reports: list[InputReport]) -> None:

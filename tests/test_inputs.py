@@ -8,6 +8,7 @@ import gzip
 import hashlib
 import json
 import lzma
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -224,3 +225,92 @@ def test_job_treats_an_empty_file_as_no_new_data(tmp_path):
     log.write_bytes(MIXED.read_bytes())
     report = run_job(load_config(tmp_path / "job.toml"))
     assert report.changed == ["app.log"] and report.new_records == header_counts(MIXED.read_bytes()).total()
+
+
+# -- unreadable call records: a warning, or exit 1 with --strict ---------------------------------------
+def damaged(tmp: Path) -> Path:
+    """mixed.log with two record headers lost (as a bad copy loses them): their bodies remain,
+    shaped like spy output but belonging to no call."""
+    lines = MIXED.read_bytes().split(b"\n")
+    headers = [i for i, line in enumerate(lines) if line[:1].isdigit() and b": C_" in line]
+    lost = {headers[100], headers[400]}
+    path = tmp / "damaged.log"
+    path.write_bytes(b"\n".join(line for i, line in enumerate(lines) if i not in lost))
+    return path
+
+
+def test_unreadable_call_records_warn_in_one_line_per_input(tmp_path):
+    log = damaged(tmp_path)
+    done = p11lens("parse", str(log), str(DATA / "09-stderr-mixed_0.27.1.log"), "-o", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stderr
+    entry = manifest(tmp_path / "out")["inputs"][0]["coverage"]
+    assert entry["unreadable_lines"] > 0 and len(entry["unreadable_spans"]) == 2
+    spans = ", ".join(f"{a}-{b}" for a, b in entry["unreadable_spans"])
+    assert done.stderr.decode().splitlines() == [  # the stderr log's application output is no lost record
+        f"p11lens: {log}: {entry['unreadable_lines']} unreadable call-record line(s), shaped like spy output but not "
+        f"read into a call (lines {spans}); --strict makes this exit 1"
+    ]
+
+
+@pytest.mark.parametrize("command", ["parse", "run"])
+def test_strict_exits_1_on_unreadable_call_records_with_the_outputs_written(tmp_path, command):
+    out = tmp_path / "out"
+    done = p11lens("-q", command, "--strict", str(damaged(tmp_path)), "-o", str(out))
+    assert done.returncode == 1
+    assert done.stderr.decode().splitlines() == ["p11lens: --strict: 1 of 1 input(s) have unreadable call records"]
+    assert (out / "calls.parquet").is_file() and (command == "parse" or (out / "report.html").is_file())
+    clean = p11lens("-q", command, "--strict", str(DATA / "09-stderr-mixed_0.27.1.log"), "-o", str(out))
+    assert clean.returncode == 0 and clean.stderr == b""  # other text is not a lost record
+
+
+def test_job_warns_once_and_strict_keeps_exit_1(tmp_path):
+    log = damaged(tmp_path)
+    cfg = job_config(tmp_path, ["damaged.log"])
+    report = run_job(load_config(cfg))
+    assert report.exit_code == 0 and [w for w in report.warnings if "unreadable call-record line(s)" in w]
+    cfg.write_text(cfg.read_text() + "strict = true\n")
+    p11lens_job = [str(Path(sys.executable).parent / "p11lens"), "job", str(cfg)]
+    done = subprocess.run(p11lens_job, capture_output=True, text=True)
+    assert done.returncode == 1 and "strict: unreadable call-record lines in damaged.log" in done.stderr
+    assert "unreadable call-record line(s)" not in done.stderr  # nothing new: no warning again, the verdict stays
+    with open(log, "ab") as fh:
+        fh.write(THREADS.read_bytes())
+    done = subprocess.run(p11lens_job, capture_output=True, text=True)
+    assert done.returncode == 1 and "unreadable call-record line(s)" not in done.stderr  # the new calls read well
+
+
+# -- damaged outputs given back as input -------------------------------------------------------------
+def test_analyze_of_damaged_outputs_is_one_line_exit_2(tmp_path, plain):
+    for name, damage in {
+        "manifest": lambda out: (out / "manifest.json").write_text("[1, 2]\n"),
+        "pages": lambda out: _scribble(out / "calls.parquet"),
+    }.items():
+        out = tmp_path / name
+        shutil.copytree(plain, out)
+        damage(out)
+        done = p11lens("-q", "analyze", str(out))
+        err = done.stderr.decode()
+        assert done.returncode == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+        assert {"manifest": "not a p11lens manifest", "pages": "damaged Parquet data"}[name] in err
+
+
+def _scribble(path: Path) -> None:
+    """Overwrite a stretch in the middle of a file (its pages, not its footer), as a bad disk would."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 3
+    data[middle : middle + 2000] = bytes(range(256)) * 7 + bytes(208)
+    path.write_bytes(bytes(data))
+
+
+def test_read_only_output_folder_is_one_line(tmp_path, plain):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    if subprocess.run(["mount", "--bind", str(plain), str(ro)], capture_output=True).returncode != 0:
+        pytest.skip("cannot bind-mount here")
+    try:
+        subprocess.run(["mount", "-o", "remount,ro,bind", str(ro)], check=True, capture_output=True)
+        for args in (["analyze", str(ro)], ["parse", str(MIXED), "-o", str(ro)], ["report", str(tmp_path / "ro")]):
+            done = p11lens("-q", *args)
+            assert done.returncode == 2 and done.stderr.decode().strip() == f"p11lens: error: output folder {ro} is not writable"
+    finally:
+        subprocess.run(["umount", str(ro)], capture_output=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import io
 import logging
 import os
 import sys
@@ -63,7 +64,7 @@ def configure_logging(verbose: int, quiet: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     for name, value in ALLOCATOR_ENV.items():
         os.environ.setdefault(name, value)
-    if sys.stdout is not None:  # a file name that is not UTF-8 is printed back as the bytes it was given
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a file name that is not UTF-8 is printed back as the bytes it was given
         sys.stdout.reconfigure(errors="surrogateescape")
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 from pipeline.cli import write_stdout
 from pipeline.cli.progress import byte_progress
+from pipeline.errors import EXIT_FINDINGS, EXIT_OK
 from pipeline.outputs import replacing
 from pipeline.parallel import MIN_RANGE_BYTES, default_workers
 from pipeline.parse import check_inputs, input_size, parse_logs
+
+log = logging.getLogger("p11lens")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +39,11 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
         "-j", "--workers", type=_positive, default=default_workers(), metavar="N",
         help=f"worker processes for a large log, one per {MIN_RANGE_BYTES >> 20} MiB at most (default: the CPUs available, %(default)s here)",
     )
+    p.add_argument(
+        "--strict", action="store_true",
+        help="exit 1 when an input has unreadable call records (lines shaped like spy output that could not be "
+             "read into a call; without --strict a warning); the outputs are written either way",
+    )
 
 
 def parse_with_progress(args: argparse.Namespace, into: Path) -> dict:
@@ -57,13 +66,23 @@ def run(args: argparse.Namespace) -> int:
     with replacing(args.output) as stage:
         manifest = parse_with_progress(args, stage)
     write_stdout(summary_line(manifest, args.output) + "\n")
-    return 0
+    return strict_verdict(args, manifest)
+
+
+def strict_verdict(args: argparse.Namespace, manifest: dict) -> int:
+    """Exit 1 under --strict when an input has unreadable call records (each was warned about
+    as it was parsed; this line is for ``-q``, which keeps only errors)."""
+    lossy = [i for i in manifest["inputs"] if i["coverage"].get("unreadable_lines")]
+    if args.strict and lossy:
+        log.error("--strict: %d of %d input(s) have unreadable call records", len(lossy), len(manifest["inputs"]))
+        return EXIT_FINDINGS
+    return EXIT_OK
 
 
 def summary_line(manifest: dict, out: Path) -> str:
     counts, coverage = manifest["counts"], manifest["coverage"]
     return (
         f"{counts['records']} records ({counts['incomplete']} incomplete, {counts['uncertain']} uncertain) "
-        f"from {len(manifest['inputs'])} log(s), {coverage['unparsed_lines']} of {coverage['lines']} lines unparsed "
-        f"→ {out / 'calls.parquet'}"
+        f"from {len(manifest['inputs'])} log(s); of {coverage['lines']} lines, {coverage['unreadable_lines']} unreadable "
+        f"call-record lines and {coverage['other_lines']} of other text → {out / 'calls.parquet'}"
     )

@@ -7,7 +7,7 @@ import logging
 import time
 
 from pipeline.cli import write_stdout
-from pipeline.cli.parse import add_input_options, parse_with_progress, summary_line
+from pipeline.cli.parse import add_input_options, parse_with_progress, strict_verdict, summary_line
 from pipeline.outputs import replacing, report_of
 from pipeline.parse import check_inputs
 from reports.render import FORMATS, write_reports
@@ -61,4 +61,4 @@ def run(args: argparse.Namespace) -> int:
         paths = [args.output / p.name for p in write_reports(stage, wanted, report_of(stage, args.output))]
     log.info("done in %.1f s", time.perf_counter() - started)
     write_stdout("reports: " + " ".join(str(p) for p in paths) + "\n")
-    return 0
+    return strict_verdict(args, manifest)

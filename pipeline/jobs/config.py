@@ -20,7 +20,7 @@ class ConfigError(P11lensError):
     """A job configuration that cannot be used (exit 2)."""
 
 
-KEYS = ("inputs", "output", "formats", "fail_on", "baseline", "retention_days", "window_days", "bucket", "compact_parts")
+KEYS = ("inputs", "output", "formats", "fail_on", "baseline", "retention_days", "window_days", "bucket", "compact_parts", "strict")
 
 EXAMPLE = '''\
 # p11lens job configuration: `p11lens job THIS_FILE` (e.g. nightly from cron).
@@ -44,6 +44,10 @@ fail_on = ["p95=+20%"]
 
 # An output folder of an earlier `p11lens run` / `p11lens job` to compare against (optional).
 # baseline = "baseline-out"
+
+# Exit 1 while any input holds unreadable call records: lines shaped like spy output that
+# could not be read into a call (optional; default: a warning when they first appear).
+# strict = true
 
 # Drop days older than this many days before the newest day in the dataset (optional;
 # default: keep everything).
@@ -70,6 +74,7 @@ class JobConfig:
     window_days: int | None = None
     bucket: str | None = None
     compact_parts: int = 16  # merge a day's committed parts once it has more than this many
+    strict: bool = False  # exit 1 while any input has unreadable call-record lines
 
     @property
     def base_dir(self) -> Path:
@@ -151,6 +156,9 @@ def load_config(path: str | Path) -> JobConfig:
         except P11lensError as exc:
             raise _err(path, f"'bucket': {exc}") from None
     compact = _positive_int(path, data, "compact_parts") or 16
+    strict = data.get("strict", False)
+    if not isinstance(strict, bool):
+        raise _err(path, f"'strict' must be true or false, got {strict!r}")
     return JobConfig(
         path=path,
         inputs=inputs,
@@ -163,6 +171,7 @@ def load_config(path: str | Path) -> JobConfig:
         window_days=_positive_int(path, data, "window_days"),
         bucket=bucket,
         compact_parts=compact,
+        strict=strict,
     )
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from pipeline.assemble import Assembler, Start
-from pipeline.jobs.state import Checkpoint, Stats
+from pipeline.jobs.state import COVERAGE_KEYS, SPAN_KEYS, Checkpoint, Stats
 from pipeline.records import RawCall
 from pipeline.stream import MAGIC_BYTES, LogReader, iter_sized_blocks, sniff
 
@@ -92,8 +92,8 @@ class _Quiet:
     resume: dict
     counts: dict
     coverage: dict
-    spans: int
-    last_span: list | None
+    spans: dict[str, int]  # per kind of span (`SPAN_KEYS`): how many there were
+    last_span: dict[str, list | None]  # and a copy of the last (it may grow later)
     dialects: set
     processes_used: set
     rows: int  # rows emitted before it
@@ -109,49 +109,54 @@ class FileResult:
 
 
 def _snapshot(asm: Assembler, offset: int, rows: int) -> _Quiet:
-    spans = asm.coverage.unparsed_spans
+    cov = asm.coverage
     return _Quiet(
         offset=offset,
         resume=_resume_json(asm),
         counts=dataclasses.asdict(asm.counts),
-        coverage={k: getattr(asm.coverage, k) for k in ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines")},
-        spans=len(spans),
-        last_span=list(spans[-1]) if spans else None,
+        coverage={k: getattr(cov, k) for k in COVERAGE_KEYS},
+        spans={k: len(getattr(cov, k)) for k in SPAN_KEYS},
+        last_span={k: list(getattr(cov, k)[-1]) if getattr(cov, k) else None for k in SPAN_KEYS},
         dialects=set(asm.dialects),
         processes_used=set(asm.processes_used),
         rows=rows,
     )
 
 
+def _split_spans(spans: list[list[int]], count: int, last: list | None) -> tuple[list[list[int]], list[list[int]]]:
+    """Spans cut where a quiet point saw ``count`` of them, the last then being ``last`` (a span
+    may have grown across the point: its later lines go after)."""
+    before = [list(s) for s in spans[:count]]
+    after = [list(s) for s in spans[count:]]
+    if last is not None:
+        extended = before[-1][1]
+        before[-1] = list(last)
+        if extended > last[1]:
+            after.insert(0, [last[1] + 1, extended])
+    return before, after
+
+
 def _split_stats(asm: Assembler, q: _Quiet | None) -> tuple[Stats, Stats]:
     """The assembler's totals split at the quiet point: (before, after)."""
     cov = asm.coverage
-    spans = [list(s) for s in cov.unparsed_spans]
     total = Stats(
         counts=dataclasses.asdict(asm.counts),
-        coverage={**{k: getattr(cov, k) for k in ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines")},
-                  "unparsed_spans": spans},
+        coverage={**{k: getattr(cov, k) for k in COVERAGE_KEYS}, **{k: [list(s) for s in getattr(cov, k)] for k in SPAN_KEYS}},
         dialects=sorted(asm.dialects),
         processes_used=sorted(asm.processes_used),
     )
     if q is None:
         return Stats(), total
-    before_spans = [list(s) for s in spans[: q.spans]]
-    after_spans = [list(s) for s in spans[q.spans :]]
-    if q.last_span is not None:
-        extended = before_spans[-1][1]
-        before_spans[-1] = list(q.last_span)
-        if extended > q.last_span[1]:
-            after_spans.insert(0, [q.last_span[1] + 1, extended])
+    split = {k: _split_spans(total.coverage[k], q.spans[k], q.last_span[k]) for k in SPAN_KEYS}
     before = Stats(
         counts=q.counts,
-        coverage={**q.coverage, "unparsed_spans": before_spans},
+        coverage={**q.coverage, **{k: b for k, (b, _) in split.items()}},
         dialects=sorted(q.dialects),
         processes_used=sorted(q.processes_used),
     )
     after = Stats(
         counts={k: total.counts[k] - q.counts[k] for k in q.counts},
-        coverage={**{k: total.coverage[k] - q.coverage[k] for k in q.coverage}, "unparsed_spans": after_spans},
+        coverage={**{k: total.coverage[k] - q.coverage[k] for k in q.coverage}, **{k: a for k, (_, a) in split.items()}},
         dialects=sorted(set(asm.dialects)),  # dialect hints of the tail's blocks are not kept apart
         processes_used=sorted(asm.processes_used - q.processes_used),
     )

@@ -31,9 +31,9 @@ from pipeline.jobs import dataset
 from pipeline.jobs.config import JobConfig
 from pipeline.jobs.incremental import changed_reason, parse_file, unchanged
 from pipeline.jobs.lock import JobLock
-from pipeline.jobs.state import Checkpoint, Part, Retired, State, StateError, load_state, save_state
+from pipeline.jobs.state import COVERAGE_KEYS, Checkpoint, Part, Retired, State, StateError, load_state, save_state
 from pipeline.outputs import recover, replacing, report_of
-from pipeline.parse import source_label
+from pipeline.parse import source_label, unreadable_warning
 from pipeline.store import CallsWriter, ensure_dir, records_frame, remove_stale_temps, write_json
 
 log = logging.getLogger("p11lens.job")
@@ -171,6 +171,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
     files: dict[str, Checkpoint] = {k: v for k, v in state.files.items() if k not in relabel}
     plans: dict[str, Checkpoint | None] = {}
     reparsed: dict[str, int] = {}  # compressed files parsed again from their start: their rows so far
+    previous: dict[str, Checkpoint] = {}  # files read on (not replaced): what the last run knew of them
     for src in sources:
         if src not in stats:
             continue
@@ -193,9 +194,11 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
             labelled = next((old for old, new in relabel.items() if new == src), src)
             relabel[labelled] = None  # its rows go; it is parsed again from its start
             reparsed[src] = cp.stats.counts["records"]
+            previous[src] = cp
             plans[src] = None
             continue
         if reason is None:
+            previous[src] = cp
             plans[src] = cp
             continue
         if src in files and src not in moved:
@@ -240,6 +243,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
                 report.bytes_parsed += result.bytes_read
                 report.new_records += result.committed_rows + len(result.tail_rows) - old_tail - reparsed.get(src, 0)
                 report.warnings += result.warnings
+                report.warnings += _new_unreadable(src, previous.get(src), result.checkpoint)
         finally:
             calls.close()
         kill("parsed")
@@ -295,6 +299,28 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
 
     # 6. stage outputs and reports over the dataset (or the window), when they are stale
     _outputs(cfg, out, jobdir, new_state, report, kill)
+    if cfg.strict:
+        _strict_verdict(new_state, report)
+
+
+def _new_unreadable(src: str, before: Checkpoint | None, after: Checkpoint) -> list[str]:
+    """A warning on the unreadable call-record lines this run found in ``src`` (those of its
+    last run are not repeated: a tail that keeps them is parsed again every time it changes)."""
+    seen = {tuple(s) for s in before.stats.coverage.get("unreadable_spans", [])} if before is not None else set()
+    new = [s for s in after.stats.coverage.get("unreadable_spans", []) if tuple(s) not in seen]
+    if not new:
+        return []
+    return [unreadable_warning(src, sum(last - first + 1 for first, last in new), new, "strict = true makes the job exit 1")]
+
+
+def _strict_verdict(state: State, report: RunReport) -> None:
+    """``strict = true``: exit 1 while any input of the dataset (current or retired) holds
+    unreadable call records, run after run, as a crossed threshold stays crossed."""
+    stats = {src: cp.stats for src, cp in state.files.items()} | {r.source: r.stats for r in state.retired}
+    lossy = {src: s.coverage.get("unreadable_lines", 0) for src, s in sorted(stats.items()) if s.coverage.get("unreadable_lines")}
+    if lossy:
+        report.crossed.append("strict: unreadable call-record lines in " + ", ".join(f"{src} ({n})" for src, n in lossy.items()))
+        report.exit_code = EXIT_FINDINGS
 
 
 def _fingerprint(cfg: JobConfig, state: State) -> str:
@@ -342,8 +368,7 @@ def _manifest(cfg: JobConfig, state: State, calls_dir: Path, parts: list[Part]) 
     counts = {k: sum(i["counts"].get(k, 0) for i in inputs) for k in ("banners", "load_errors")}
     counts.update(records=agg["records"], complete=int(agg["complete"] or 0),
                   incomplete=agg["records"] - int(agg["complete"] or 0), uncertain=int(agg["uncertain"] or 0))
-    coverage = {k: sum(i["coverage"].get(k, 0) for i in inputs)
-                for k in ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines")}
+    coverage = {k: sum(i["coverage"].get(k, 0) for i in inputs) for k in COVERAGE_KEYS}
     return {
         "tool": "p11lens",
         "version": __version__,

@@ -18,12 +18,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pipeline.assemble import Coverage
 from pipeline.errors import P11lensError
 from pipeline.store import atomic_path, fsync_dir
 
 STATE_VERSION = 1
 COUNT_KEYS = ("records", "complete", "incomplete", "uncertain", "banners", "load_errors")
-COVERAGE_KEYS = ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines")
+COVERAGE_KEYS = ("lines", "record_lines", "banner_lines", "blank_lines", "unparsed_lines", "unreadable_lines", "other_lines")
+SPAN_KEYS = ("unreadable_spans", "other_spans")  # line ranges of each kind of unparsed line (`assemble.Coverage`)
 
 
 class StateError(P11lensError):
@@ -35,20 +37,23 @@ class Stats:
     """What the parser reported for a stretch of a file (added up over runs)."""
 
     counts: dict = field(default_factory=lambda: dict.fromkeys(COUNT_KEYS, 0))
-    coverage: dict = field(default_factory=lambda: {**dict.fromkeys(COVERAGE_KEYS, 0), "unparsed_spans": []})
+    coverage: dict = field(default_factory=lambda: {**dict.fromkeys(COVERAGE_KEYS, 0), **{k: [] for k in SPAN_KEYS}})
     dialects: list = field(default_factory=list)
     processes_used: list = field(default_factory=list)
 
     def plus(self, other: Stats) -> Stats:
-        spans = [list(s) for s in self.coverage["unparsed_spans"]]
-        for first, last in other.coverage["unparsed_spans"]:
-            if spans and spans[-1][1] == first - 1:
-                spans[-1][1] = last
-            else:
-                spans.append([first, last])
+        """These lines' stats followed by ``other``'s (spans that touch are merged; a state
+        written before spans were kept apart has none, and its counts of each kind are 0)."""
+        spans = {k: [list(s) for s in self.coverage.get(k, [])] for k in SPAN_KEYS}
+        for kind, merged in spans.items():
+            for first, last in other.coverage.get(kind, []):
+                if merged and merged[-1][1] == first - 1:
+                    merged[-1][1] = last
+                elif len(merged) < Coverage.MAX_SPANS:
+                    merged.append([first, last])
         return Stats(
             counts={k: self.counts.get(k, 0) + other.counts.get(k, 0) for k in COUNT_KEYS},
-            coverage={**{k: self.coverage.get(k, 0) + other.coverage.get(k, 0) for k in COVERAGE_KEYS}, "unparsed_spans": spans},
+            coverage={**{k: self.coverage.get(k, 0) + other.coverage.get(k, 0) for k in COVERAGE_KEYS}, **spans},
             dialects=sorted(set(self.dialects) | set(other.dialects)),
             processes_used=sorted(set(self.processes_used) | set(other.processes_used)),
         )
