@@ -97,7 +97,6 @@ def run_job(cfg: JobConfig) -> RunReport:
     started = _utc_now()
     report = RunReport()
     with JobLock(jobdir / "lock"):
-        recover(out)  # a killed run's staged outputs: finished or dropped
         try:
             _run_locked(cfg, out, jobdir, report)
         except P11lensError as exc:
@@ -117,6 +116,7 @@ def _run_locked(cfg: JobConfig, out: Path, jobdir: Path, report: RunReport) -> N
     state_path = jobdir / "state.json"
     calls_dir = out / "calls"
     remove_stale_temps(jobdir)
+    recover(out)  # a killed run's staged outputs: finished or dropped
     state = load_state(state_path)
     if state is None:
         if calls_dir.is_dir() and any(calls_dir.glob("date=*/part-*.parquet")):
