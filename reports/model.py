@@ -294,7 +294,10 @@ def read_stage(out_dir: Path, name: str, required: bool = True) -> pl.DataFrame 
         if required:
             raise InputError(f"{out_dir}: no {name}.parquet; run `p11lens analyze {out_dir}` first")
         return None
-    return python_datetimes(pl.read_parquet(path))
+    try:
+        return python_datetimes(pl.read_parquet(path))
+    except (pl.exceptions.PolarsError, OSError) as exc:  # damaged after it was written: bad input, not a bug
+        raise InputError(f"{path}: not a readable Parquet file ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})") from None
 
 
 def python_datetimes(frame: pl.DataFrame) -> pl.DataFrame:
@@ -319,9 +322,13 @@ def read_manifest(out_dir: Path) -> dict:
     if not path.exists():
         raise InputError(f"{out_dir}: no manifest.json; run `p11lens parse` (or `p11lens run`) first")
     try:
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
     except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from None
+    inputs = manifest.get("inputs", []) if isinstance(manifest, dict) else None
+    if not isinstance(inputs, list) or not all(isinstance(i, dict) for i in inputs):
+        raise InputError(f"{path}: not a p11lens manifest (no object with a list of inputs)")
+    return manifest
 
 
 def is_secret_code(code: str) -> bool:
