@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.cli.report import output_format
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK
+from pipeline.outputs import recover
 from reports.compare import MIN_SAMPLES, compare_runs
 from reports.render import FORMATS, render_comparison, write_text
 from reports.thresholds import parse_fail_on_list
@@ -43,6 +44,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     thresholds = parse_fail_on_list(args.fail_on)  # bad specs fail before any work
+    for out in (args.base, args.cand):
+        if out.is_dir():
+            recover(out)  # read whole sets, not ones a killed run was installing
     comp = compare_runs(args.base, args.cand, thresholds)
     fmt = args.format or (output_format(None, args.output) if args.output and args.output != "-" else "txt")
     text = render_comparison(comp, fmt)
