@@ -1,61 +1,66 @@
-r"""Grammar of OpenSC ``pkcs11-spy`` output, OpenSC 0.20 – 0.27 (see ``pkcs11-spy-format.md``).
+r"""Grammar of OpenSC ``pkcs11-spy`` output, OpenSC 0.20 – 0.27: the reference engine.
 
-The trace is read as Latin-1 text with ``\r\n`` folded to ``\n``; every pattern is ASCII
-(``re.ASCII``): ``\s`` is the spy's whitespace, not a Latin-1 byte such as 0xA0.  It is scanned as a
-sequence of *tokens*: a whole clean call record, else a run of body lines, else one line::
+This module is the format's specification (``pkcs11-spy-format.md`` describes it in prose) and
+the oracle the native engine (``native/``) is tested against.  It is written for clarity, not
+speed: each rule below is a pyparsing element whose docstring-comment gives its syntax.
 
-    trace        = { record | body-run | known-lines | line } ;
-    record       = blank header timestamp { body-line } returned ;      (* the fast path *)
-    body-run     = body-line { body-line } ;                   (* body lines outside a clean record *)
-    known-lines  = [ blank ] ( header | timestamp | returned ) NL { ( header | timestamp | returned ) NL }
-                 | blank ;                                 (* kinds told by `known_kind`, not the line grammar *)
-    line         = { any-char - NL } NL ;                               (* the slow path *)
+The trace is read as Latin-1 text with ``\r\n`` folded to ``\n`` (``pipeline.stream``); every
+pattern is ASCII (``re.ASCII``): ``\s`` is the spy's whitespace, not a Latin-1 byte such as
+0xA0.  A trace is a sequence of *tokens*, tried in this order::
 
+    trace        = { records | body-run | known-lines | blank | line } ;
+    records      = record { record } ;
+    record       = blank header stamp { record-line } returned ;
+    body-run     = body-line { body-line } ;                 (* body lines outside a clean record *)
+    known-lines  = [ blank ] known { known } ;               (* header, stamp, returned: no classifier call *)
+    known        = ( header | stamp | returned ) ;
+    line         = { any-char - NL } ( NL | EOF ) ;                     (* anything else, one line *)
+
+and a line is made of these rules (``ws`` is what a copy adds to any line's end: a terminal's
+padding, an editor's tabs, a stray ``\r``)::
+
+    ws           = { " " | TAB | CR } ;
     blank        = ws NL ;
-    ws           = { " " | TAB | CR } ;       (* a copy's padding: any line may end in it *)
-    header       = seq ": " func ws NL ;            (* func is "C_…", or "SetOperationState" *)
-    seq          = digit { digit } ;
-    timestamp    = [ "P:" pid "; T:" [ "0x" ] tid " " ] date " " time ws NL ;  (* prefix: 0.24+ *)
+    header       = seq ": " func ws NL ;                 (* func is "C_…", or "SetOperationState" *)
+    stamp        = [ "P:" pid "; T:" [ "0x" ] tid " " ] date " " time ws NL ;    (* prefix: 0.24+ *)
     date         = 4 digit "-" 2 digit "-" 2 digit ;
     time         = 2 digit ":" 2 digit ":" 2 digit "." 3 digit ;
-    returned     = "Returned:" " " { " " } [ "-" ] digit { digit } " " { " " } rv-name ws ( NL | EOF ) ;  (* spy: 2 and 1 *)
-    rv-name      = "CKR_…" | "(null)" ;                                   (* (null): unknown code *)
-    body-line    = body-start { any-char - NL } NL ;   (* without "Returned:", not ending in ":SS.mmm" *)
-    body-start   = "[in] " | "[out] " | "[compat]" ws NL | ( " " | TAB ) ws non-blank | "CKM_" | "Unknown Mechanism ("
-                 | "Slot " digit | "Count is " digit | "Object 0x" hex | "Interface '" | "(unknown type"
-                 | "pMechanism->" | "pApplication=" | "Notify=" | "Parameters block for " | "}"
-                 | address " / " length | "NULL [size : 0x" ;   (* a rendering whose prefix another thread ended *)
+    returned     = "Returned:" " " { " " } rv " " { " " } rv-name ws ( NL | EOF ) ;   (* spy: 2, 1 *)
+    rv           = [ "-" ] digit { digit } ;             (* a signed long: 64-bit Windows goes negative *)
+    rv-name      = non-blank { non-blank } ;                             (* "CKR_…", or "(null)" *)
+    record-line  = body-start { any-char - NL } NL ;
+    body-line    = body-start [ content ] ws NL ;  (* content: no "Returned:", not ending in ":SS.mmm" *)
+    body-start   = "[in] " | "[out] " | "[compat]" ws NL | ( " " | TAB ) ws non-blank-not-R
+                 | "CKM_" | "Unknown Mechanism (" | "Slot " digit | "Count is " digit
+                 | "Object 0x" hex | "Interface '" | "(unknown type" | "pMechanism->"
+                 | "pApplication=" | "Notify=" | "Parameters block for " | "}"
+                 | address " / " length | "NULL [size : 0x" ;   (* renderings another thread cut off *)
 
-    banner-line  = 15 * "*" " OpenSC PKCS#11 spy " 17 * "*" ws ;          (* after two blank lines *)
-    load-result  = 'Loaded: "' path '"' | "Error: " text ;
+    banner       = 15 * "*" " OpenSC PKCS#11 spy " 17 * "*" ws ;        (* after two blank lines *)
+    load-result  = 'Loaded: "' path '"' ws | "Error: " text ;
 
-A ``record`` token is kept whole if its body has no unit of another call glued in (no
-``Returned:`` or timestamp inside a line, no header inside the body: ``is_clean_body``);
-otherwise its text is scanned again without the ``record`` alternative.  Everything else --
-interleaved threads, several processes sharing a file, truncated records, application
-stderr -- arrives as ``body-run`` tokens (each of its lines is a body unit: they all go to
-the newest open record) or ``line`` tokens, classified by the line grammar ``SPY_LINE``
-(``LINE_KINDS``, §10 of the format notes) after ``split_units`` has cut off a
-``Returned:`` or timestamp unit glued to the end of another unit::
+A ``record`` is taken whole if its body has no unit of another call glued in (no
+``Returned:`` or stamp inside a line: `is_clean_body`); otherwise its text is scanned again
+without the ``records`` alternative.  Everything else -- interleaved threads, processes
+sharing a file, truncated records, application output -- arrives as ``body-run`` tokens
+(each line a body unit for the newest open call), ``known-lines`` or single ``line``
+tokens.  A single line is classified by `classify` (``spy-line``, §10 of the format notes)
+after `split_units` has cut a ``Returned:`` or stamp unit glued to its end into its own::
 
-    spy-line     = banner-line | load-result | header | timestamp | returned | blank | body-unit ;
-    body-unit    = compat | template-head | buffer | scalar | io-other | hexdump-row
+    spy-line     = blank | banner | load-result | header | stamp | returned | body-unit ;
+    body-unit    = hexdump-row | compat | template-head | buffer | scalar | io-other
                  | template-entry | indented | mechanism-item | slot-item | count-item
-                 | object-item | interface-item | v027-note | v020-form ;
-    buffer       = ("[in] " | "[out] ") name [ " =" ] " " ( address " / " length
-                 | "NULL [size : 0x" HEX " (" length ")]" | "EMPTY" ) ;
-    scalar       = ("[in] " | "[out] ") name " = " value ;
-    hexdump-row  = 4 " " 8 HEX 2 " " 48 char " " 16 char ;
-    template-entry = 4 " " ( "CKA_" name [ "(NSS)" | "(Netsc)" ] | "CKA_? (0x" 8 hex ")" ) " " value ;
+                 | object-item | interface-item | v027-note | v020-form | orphan-rendering ;
+    hexdump-row  = 4 " " 8 HEX 2 " " text ;
+    template-head = io name [ "[" digits "]" ] [ " (original)" | " (faked)" ] ":" [ " " ] ;
+    buffer       = io name [ " =" ] " " ( address " / " length
+                 | "NULL [size : 0x" HEX " (" length ")]" | "EMPTY" ) text ;
+    scalar       = io name " = " text ;
+    io           = "[in] " | "[out] " ;
+    template-entry = 4 " " ( "CKA_" NAME [ "(NSS)" | "(Netsc)" ] | "CKA_? (0x" 8 hex ")" ) text ;
 
-A line that is none of these is *foreign* (application output, a fragment of a split line);
-the stream reports it as unparsed with its line number.
-
-Speed: most records are clean, and those are not scanned here one by one: ``RECORD_PATTERN``
-is run by Polars' Rust regex over every piece of a block at once (``grammars.blocks``), and
-pyparsing scans only the rest, once per body run, run of known lines or other line.  The few
-fields a call record needs are read later from the record's body, a batch of records at a
-time (``grammars.body``).  A per-token grammar measured ~60x slower (``performance-notes.md``).
+A line that is none of these is *foreign*: application output, prose, a fragment of a split
+line.  The fields a call keeps are read from its body later, a batch at a time (`grammars.body`).
 """
 
 from __future__ import annotations
@@ -66,18 +71,52 @@ from typing import NamedTuple
 
 import pyparsing as pp
 
-# --- token patterns (one source of truth for the scanner, the validator and the classifier) ---
 
-TS = r"(?:P:(\d+); T:(?:0x)?(\d+) )?(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3})"
+def _re(pattern: str, name: str) -> pp.Regex:
+    """A terminal of the grammar: an ASCII regex (pyparsing's own classes are not the spy's)."""
+    return pp.Regex(pattern, flags=re.ASCII).set_name(name)
+
+
+def _lit(text: str) -> pp.Literal:
+    return pp.Literal(text).set_name(repr(text))
+
+
+def _grammar(element: pp.ParserElement, name: str) -> pp.ParserElement:
+    """A rule as the scanner uses it: no whitespace skipped anywhere (blanks are the format's)."""
+    return element.leave_whitespace().parse_with_tabs().set_name(name)
+
+
+# --- terminals ---
+
 WS = r"[ \t\r]*"
 """What users' copies add to the end of a line: padding to a terminal's width, an editor's tabs,
 a stray ``\r`` (``\r\n`` itself is folded by the reader).  Any line may end in it."""
-HEADER = r"(\d+): (\S+)"
-RETURNED = r"Returned: +(-?\d+) +(\S+)"
-"""The spy writes two spaces after ``Returned:`` (``SPY_RETURNED``); a copy from a web page has
-its runs of spaces collapsed to one."""
-SPY_RETURNED = r"Returned:  (-?\d+) (\S+)"
-BANNER_LINE = r"\*{15} OpenSC PKCS#11 spy \*{17}"
+
+ws = _re(WS, "ws").suppress()
+NL = _lit("\n").suppress()
+EOF = _re(r"\Z", "EOF")  # (pyparsing's StringEnd reports a span one past the end)
+digits = _re(r"\d+", "digits")
+non_blank = _re(r"\S+", "non-blank")
+rest_of_line = _re(r"[^\n]*", "text")
+
+# --- the line rules of the record ---
+
+seq = digits("seq")
+func = non_blank("func")
+header_text = seq + _lit(": ").suppress() + func + ws
+"""header = seq ": " func ws (without its NL)"""
+
+pid_prefix = _lit("P:") + digits("pid") + _lit("; T:") + pp.Opt(_lit("0x")) + digits("tid") + _lit(" ")
+date_time = _re(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", "date time")("ts")
+stamp_text = pp.Opt(pid_prefix) + date_time + ws
+"""stamp = [ "P:" pid "; T:" [ "0x" ] tid " " ] date " " time ws (without its NL)"""
+
+spaces = _re(r" +", "spaces").suppress()
+returned_text = _lit("Returned:").suppress() + spaces + _re(r"-?\d+", "rv")("rv") + spaces + non_blank("rv_name") + ws
+"""returned = "Returned:" spaces rv spaces rv-name ws (without its NL)"""
+
+banner_text = _re(r"\*{15} OpenSC PKCS#11 spy \*{17}", "banner") + ws
+load_result_text = _re(r'Loaded: ".*"', "loaded") + ws | _re(r"Error: .*", "error")
 
 BODY_STARTS = (
     r"\[in\] ",
@@ -98,58 +137,62 @@ BODY_STARTS = (
     r"\}",
     r"[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d",  # a buffer rendering cut from its line by another thread (§6)
     r"NULL \[size : 0x",  # the same, of a NULL buffer
+)
+"""How a body unit starts: each is the start of one of the body kinds of `LINE_KINDS`."""
 
-)
-"""How a body unit starts: each is the start of one of the body kinds of ``LINE_KINDS``."""
+body_start = pp.MatchFirst(_re(start, "body-start") for start in BODY_STARTS).set_name("body-start")
+record_line = body_start + rest_of_line + _lit("\n")
+"""record-line = body-start { any-char - NL } NL"""
 
-_BODY_START = "(?:" + "|".join(BODY_STARTS) + ")"
-# A body line that holds nothing of another call: no ``Returned:`` and no timestamp glued to it
-# (the stamp is looked for where the line's padding starts: it must end on a non-blank).
-BODY_LINE = _BODY_START + r"(?:[^\nR]*(?:R(?!eturned:)[^\nR]*)*(?<![ \t\r])(?<!:\d\d\.\d{3}))?" + WS + r"\n"
-# In a record the same two checks are left to `is_clean_body`, once per body (3x faster).
-_NO_GROUPS = re.compile(r"(?<!\\)\((?!\?)")  # a capturing group's "(", made "(?:" where only the span counts
-RECORD_PATTERN = (
-    WS + r"\n" + HEADER + WS + r"\n" + TS + WS + r"\n(?:" + _BODY_START + r"[^\n]*\n)*" + RETURNED + WS + r"(?:\n|\Z)"
+# The content of a body line outside a record: nothing of another call glued in (no
+# ``Returned:``, no stamp where its padding starts).  One terminal: its conditions are about
+# the characters the line ends with.
+body_content = _re(r"(?:[^\nR]*(?:R(?!eturned:)[^\nR]*)*(?<![ \t\r])(?<!:\d\d\.\d{3}))?", "content")
+body_line = body_start + body_content + ws + NL
+"""body-line = body-start [ content ] ws NL"""
+
+# --- the tokens of a trace ---
+
+blank = ws + NL
+header = header_text + NL
+stamp = stamp_text + NL
+returned = returned_text + (NL | EOF)
+
+record = pp.Located(
+    _re(WS + r"\n", "blank") + header + stamp + pp.Located(pp.ZeroOrMore(record_line))("body") + returned
 )
-RECORDS_PATTERN = r"(?P<records>(?:" + _NO_GROUPS.sub("(?:", RECORD_PATTERN) + r")+)"
-BODY_RUN_PATTERN = r"(?P<run>(?:" + BODY_LINE + r")+)"
-LINE_PATTERN = r"[^\n]*\n|[^\n]+\Z"
-# Whole header, timestamp and ``Returned:`` lines (after a blank line where no record starts)
-# are one token, their kinds told by `known_kind`, so that the slow path needs no grammar
-# call per line to classify them (`classify` would say the same).
-KNOWN_LINES_PATTERN = (
-    r"(?P<known>(?:" + WS + r"\n)?(?:(?:" + "|".join(_NO_GROUPS.sub("(?:", p) for p in (HEADER, TS, RETURNED)) + ")" + WS + r"\n)+)"
-    + r"|(?P<blank>" + WS + r"\n)"
-)
-TOKEN_RE = re.compile(RECORDS_PATTERN + "|" + BODY_RUN_PATTERN + "|" + KNOWN_LINES_PATTERN + "|" + LINE_PATTERN, re.ASCII)
-"""Consecutive records (``records``), else a run of body lines (``run``), else one line."""
-SLOW_TOKEN_RE = re.compile(BODY_RUN_PATTERN + "|" + KNOWN_LINES_PATTERN + "|" + LINE_PATTERN, re.ASCII)
+"""record = blank header stamp { record-line } returned"""
+records = pp.OneOrMore(pp.Group(record))
+body_run = pp.OneOrMore(body_line)
+known = header_text | stamp_text | returned_text
+known_lines = pp.Opt(blank) + pp.OneOrMore(known + NL)
+line = _re(r"[^\n]*\n|[^\n]+\Z", "line")
+
+
+def _tagged(**alternatives: pp.ParserElement) -> pp.ParserElement:
+    return pp.MatchFirst(pp.Tag("kind", kind) + element for kind, element in alternatives.items())
+
+
+TOKEN = _grammar(_tagged(records=records, run=body_run, known=known_lines, blank=blank, line=line), "trace-token")
+"""One token of a trace, as the scanner takes it (`scan`)."""
+SLOW_TOKEN = _grammar(_tagged(run=body_run, known=known_lines, blank=blank, line=line), "trace-token without records")
 """The tokens of a record's text that cannot be kept whole."""
 
-_GLUED_TS_RE = re.compile(r":\d\d\.\d{3}" + WS + r"\n", re.ASCII)
-_NEXT_RECORD_RE = re.compile(r"\n" + WS + r"\n(?=\d+: )", re.ASCII)
+
+class Token(NamedTuple):
+    kind: str  # "records" | "run" | "known" | "blank" | "line"
+    start: int
+    end: int
+    records: list[pp.ParseResults]  # of a "records" token: each record's parse (`record_parts`)
 
 
-def is_clean_body(body: str) -> bool:
-    """True when no ``Returned:`` or timestamp unit of another call is glued into a body line."""
-    return "Returned:" not in body and _GLUED_TS_RE.search(body) is None
-
-
-def split_records(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """Start and end of each record of a ``records`` token ``text[start:end]``.
-
-    Each record starts with its blank line (blanks at most: a padded copy), and no line
-    inside a record is empty, nor is one of blanks followed by a header, so that is where the
-    next one starts.
-    """
-    while start < end:
-        found = _NEXT_RECORD_RE.search(text, start + 1, end)
-        stop = end if found is None else found.start() + 1
-        yield start, stop
-        start = stop
-
-
-_BLANKS = " \t\r"
+def scan(text: str, records: bool = True) -> Iterator[Token]:
+    """The token stream of trace text: records whole (unless ``records`` is False), body runs,
+    runs of known lines, blank lines, other lines, in order, tiling the text."""
+    scanner = TOKEN if records else SLOW_TOKEN
+    for tokens, start, end in scanner.scan_string(text, always_skip_whitespace=False):
+        kind = tokens["kind"]
+        yield Token(kind, start, end, list(tokens) if kind == "records" else [])
 
 
 class RecordParts(NamedTuple):
@@ -158,136 +201,123 @@ class RecordParts(NamedTuple):
     pid: int | None
     tid: int | None
     ts: str
-    body: str  # from the newline that ends the timestamp line to the one before ``Returned:``
+    body: str  # from the newline that ends the stamp line to the one before ``Returned:``
     rv: int
     rv_name: str
+    start: int  # the record's span in the scanned text (from its blank line)
+    end: int
 
 
-def record_parts(record: str) -> RecordParts:
-    """The parts of one record of a ``records`` token, cut where ``RECORD_PATTERN`` put them.
-
-    ``record`` = WS NL header WS NL timestamp WS NL { body-line } returned WS [ NL ]: string
-    cuts at those newlines replace a second regex pass (the scanner has already checked the shape).
-    """
-    header_start = record.index("\n") + 1
-    header_end = record.index("\n", header_start)
-    seq, func = record[header_start:header_end].rstrip(_BLANKS).split(": ", 1)
-    stamp_end = record.index("\n", header_end + 1)
-    stamp = record[header_end + 1 : stamp_end].rstrip(_BLANKS)
-    pid = tid = None
-    if stamp[0] == "P":  # P:<pid>; T:[0x]<tid> <date> <time>
-        pid_part, tid_part, stamp = stamp.split(" ", 2)
-        pid, tid = int(pid_part[2:-1]), int(tid_part[4:] if tid_part[2:4] == "0x" else tid_part[2:])
-    returned = record.rindex("\nReturned: ")
-    rv, rv_name = record[returned + 10 :].strip(_BLANKS + "\n").split(" ", 1)
-    return RecordParts(int(seq), func, pid, tid, stamp, record[stamp_end : returned + 1], int(rv), rv_name.lstrip(" "))
+def record_parts(parsed: pp.ParseResults, text: str) -> RecordParts:
+    """The fields of one record of a ``records`` token (``parsed``: its `record` parse)."""
+    start, fields, end = parsed
+    body_start, _, body_end = fields["body"]
+    pid, tid = fields.get("pid"), fields.get("tid")
+    return RecordParts(
+        int(fields["seq"]), fields["func"], None if pid is None else int(pid), None if tid is None else int(tid),
+        fields["ts"], text[body_start - 1 : body_end], int(fields["rv"]), fields["rv_name"], start, end,
+    )
 
 
-# --- pyparsing elements ---
-
-SCANNER = pp.Regex(TOKEN_RE, as_match=True).set_name("records | body-run | line").leave_whitespace().parse_with_tabs()
-"""One pyparsing element call per token: ``records | body-run | line`` is a single regex alternation."""
-SLOW_SCANNER = pp.Regex(SLOW_TOKEN_RE, as_match=True).set_name("body-run | line").leave_whitespace().parse_with_tabs()
+_GLUED_TS_RE = re.compile(r":\d\d\.\d{3}" + WS + r"\n", re.ASCII)
 
 
-def scan(text: str, records: bool = True):
-    """Token stream of trace text: records whole (unless ``records`` is False), body runs, lines.
-
-    Yields ``(re.Match, start, end)``; ``match.lastgroup`` is ``"records"`` for consecutive
-    records (`split_records` cuts them apart), ``"run"`` for a body run, ``"known"`` for
-    header, timestamp and ``Returned:`` lines (`known_kind`), ``"blank"``, None for another line.
-    """
-    scanner = SCANNER if records else SLOW_SCANNER
-    for tokens, start, end in scanner.scan_string(text, always_skip_whitespace=False):
-        yield tokens[0], start, end
+def is_clean_body(body: str) -> bool:
+    """True when no ``Returned:`` or stamp unit of another call is glued into a body line."""
+    return "Returned:" not in body and _GLUED_TS_RE.search(body) is None
 
 
-LINE_KINDS: tuple[tuple[str, str], ...] = (
-    ("blank", WS),
-    ("banner", BANNER_LINE + WS),
-    ("load-result", r'(?:Loaded: ".*"' + WS + "|Error: .*)"),
-    ("header", HEADER + WS),
-    ("timestamp", TS + WS),
-    ("returned", RETURNED + WS),
+# --- the line grammar of the slow path ---
+
+hexdump_row = _re(r"    [0-9A-F]{8}  .*", "hexdump-row")
+io = _re(r"\[(?:in|out)\] ", "io")
+LINE_KINDS: tuple[tuple[str, pp.ParserElement], ...] = (
+    ("blank", ws),
+    ("banner", banner_text),
+    ("load-result", load_result_text),
+    ("header", header_text),
+    ("timestamp", stamp_text),
+    ("returned", returned_text),
     # body units
-    ("hexdump-row", r"    [0-9A-F]{8}  .*"),
-    ("compat", r"\[compat\]" + WS),
-    ("template-head", r"\[(?:in|out)\] \S+?(?:\[\d+\])?(?: \((?:original|faked)\))?: ?"),
-    ("buffer", r"\[(?:in|out)\] \S+(?: =)? (?:[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+|NULL \[size : 0x[0-9A-F]+ \(-?\d+\)\]|EMPTY).*"),
-    ("scalar", r"\[(?:in|out)\] \S+ = .*"),
-    ("io-other", r"\[(?:in|out)\] .*"),
-    ("template-entry", r"    (?:CKA_[A-Z0-9_]+(?:\((?:NSS|Netsc)\))?|CKA_\? \(0x[0-9a-f]{8}\)).*"),
-    ("indented", r"[ \t].*"),
-    ("mechanism-item", r"(?:CKM_|Unknown Mechanism \().*"),
-    ("slot-item", r"Slot -?\d+.*"),
-    ("count-item", r"Count is \d+.*"),
-    ("object-item", r"Object 0x[0-9a-f]+.*"),
-    ("interface-item", r"Interface '.*"),
-    ("v027-note", r"(?:\(unknown type|pMechanism->).*"),
-    ("v020-form", r"(?:pApplication=|Notify=|Parameters block for |\}).*"),
-    ("orphan-rendering", r"(?:[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+|NULL \[size : 0x[0-9A-F]+ \(-?\d+\)\]).*"),
+    ("hexdump-row", hexdump_row),
+    ("compat", _lit("[compat]") + ws),
+    ("template-head", io + _re(r"\S+?(?:\[\d+\])?(?: \((?:original|faked)\))?: ?\Z", "template-head")),
+    ("buffer", io + _re(r"\S+(?: =)? (?:[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+|NULL \[size : 0x[0-9A-F]+ \(-?\d+\)\]|EMPTY).*", "buffer")),
+    ("scalar", io + _re(r"\S+ = .*", "scalar")),
+    ("io-other", io + rest_of_line),
+    ("template-entry", _re(r"    (?:CKA_[A-Z0-9_]+(?:\((?:NSS|Netsc)\))?|CKA_\? \(0x[0-9a-f]{8}\)).*", "template-entry")),
+    ("indented", _re(r"[ \t].*", "indented")),
+    ("mechanism-item", _re(r"(?:CKM_|Unknown Mechanism \().*", "mechanism-item")),
+    ("slot-item", _re(r"Slot -?\d+.*", "slot-item")),
+    ("count-item", _re(r"Count is \d+.*", "count-item")),
+    ("object-item", _re(r"Object 0x[0-9a-f]+.*", "object-item")),
+    ("interface-item", _re(r"Interface '.*", "interface-item")),
+    ("v027-note", _re(r"(?:\(unknown type|pMechanism->).*", "v027-note")),
+    ("v020-form", _re(r"(?:pApplication=|Notify=|Parameters block for |\}).*", "v020-form")),
+    ("orphan-rendering", _re(r"(?:[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d+|NULL \[size : 0x[0-9A-F]+ \(-?\d+\)\]).*", "orphan-rendering")),
 )
 """The line grammar of §10 of the format notes, in the order the alternatives are tried."""
 
-_KIND_OF_GROUP = {f"k{i}": kind for i, (kind, _) in enumerate(LINE_KINDS)}
-SPY_LINE = (
-    pp.Regex("|".join(f"(?P<k{i}>{pattern})\\Z" for i, (_, pattern) in enumerate(LINE_KINDS)), flags=re.ASCII, as_match=True)
-    .leave_whitespace()
-    .parse_with_tabs()
-    .set_name("spy-line")
+SPY_LINE = _grammar(
+    pp.MatchFirst(pp.Group(element + EOF)(kind) for kind, element in LINE_KINDS), "spy-line"
 )
-"""Line grammar for the slow path: one alternation, so one pyparsing call per line."""
-
-_FIELDS_OF = {
-    "header": re.compile(HEADER + WS, re.ASCII),
-    "timestamp": re.compile(TS + WS, re.ASCII),
-    "returned": re.compile(RETURNED + WS, re.ASCII),
-    "load-result": re.compile(r".*"),
-}
+"""spy-line: one unit (a line, or a part `split_units` cut), matched whole."""
+_KINDS = tuple(kind for kind, _ in LINE_KINDS)
 
 
-def classify(unit: str) -> tuple[str, re.Match[str] | None]:
-    """Kind of one line or unit (a ``LINE_KINDS`` name, or ``"foreign"``), and its fields.
-
-    For a header, timestamp, ``Returned:`` or load result the match has that token's groups
-    (``HEADER``, ``TS``, ``RETURNED``); other kinds carry no fields the assembler reads.
-    """
-    try:  # every alternative ends in \Z, so a match is a whole-unit match
-        match = SPY_LINE.parse_string(unit)[0]
+def classify(unit: str) -> tuple[str, pp.ParseResults | None]:
+    """Kind of one line or unit (a `LINE_KINDS` name, or ``"foreign"``), and its fields
+    (``seq``/``func``, ``pid``/``tid``/``ts``, ``rv``/``rv_name``; the text of a load result)."""
+    try:
+        parsed = SPY_LINE.parse_string(unit)
     except pp.ParseException:
         return "foreign", None
-    kind = _KIND_OF_GROUP[match.lastgroup]
-    fields = _FIELDS_OF.get(kind)
-    return kind, (fields.match(unit) if fields is not None else match)
+    kind = next(kind for kind in _KINDS if kind in parsed)
+    return kind, parsed[kind]
 
 
-def known_kind(line: str) -> tuple[str, re.Match[str] | None]:
-    """`classify` of a line of a ``known`` token (a header, timestamp, ``Returned:`` or blank line)."""
+_KNOWN = {kind: _grammar(element + EOF, kind) for kind, element in LINE_KINDS if kind in ("returned", "header", "timestamp")}
+
+
+def known_kind(line: str) -> tuple[str, pp.ParseResults | None]:
+    """`classify` of a line of a ``known`` token (a header, stamp, ``Returned:`` or blank line)."""
     if not line.strip(_BLANKS):
         return "blank", None
-    for kind in ("returned", "header", "timestamp"):
-        match = _FIELDS_OF[kind].fullmatch(line)
-        if match is not None:
-            return kind, match
+    for kind, element in _KNOWN.items():
+        try:
+            return kind, element.parse_string(line)
+        except pp.ParseException:
+            continue
     raise ValueError(f"not a known line: {line!r}")
 
 
-_GLUED_TAIL_RE = re.compile(r"(.+?)(" + RETURNED + r"|" + TS + r")" + WS + r"\Z", re.ASCII)
-_WHOLE_UNIT_RE = re.compile(r"(?:" + RETURNED + r"|" + TS + r")" + WS + r"\Z", re.ASCII)
+_BLANKS = " \t\r"
+_GLUED_UNIT = _grammar((returned_text | stamp_text) + EOF, "glued unit")
 
 
 def split_units(line: str) -> list[str]:
-    """Cut a ``Returned:`` or timestamp unit glued to the end of another unit into its own unit.
+    """Cut a ``Returned:`` or stamp unit glued to the end of another unit into its own unit.
 
     Both units end with a newline in the spy's output, so a glued one can only stand at the
-    end of a line; what precedes it belongs to whichever call was writing before (§6).
+    end of a line; what precedes it (at least one character) belongs to whichever call was
+    writing before (§6).  The shortest such prefix wins.
     """
     if "Returned: " not in line and line.rstrip(_BLANKS)[-4:-3] != ".":
-        return [line]  # neither unit can end this line: skip the regexes (the common case)
-    match = None if _WHOLE_UNIT_RE.match(line) else _GLUED_TAIL_RE.match(line)
-    if match is None:
+        return [line]  # neither unit can end this line (the common case)
+    if _matches(_GLUED_UNIT, line, 0):
         return [line]
-    return [match.group(1), match.group(2)]
+    for cut in range(1, len(line)):
+        if line[cut] in "RP0123456789" and _matches(_GLUED_UNIT, line, cut):
+            return [line[:cut], line[cut:]]
+    return [line]
+
+
+def _matches(element: pp.ParserElement, text: str, at: int) -> bool:
+    try:
+        element.parse_string(text[at:])
+    except pp.ParseException:
+        return False
+    return True
 
 
 # --- dialect hints ---

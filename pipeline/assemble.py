@@ -1,10 +1,10 @@
 """Turn the grammar's token stream into call records, accounting for every line.
 
-Clean records (the grammar's fast path) are cut into columns a block at a time
-(``grammars.blocks``) and handed on as a frame of rows; when a slow-path record may still
-claim their lines they are taken one by one as the grammar's ``record`` tokens.  Everything
-else arrives line by line (a run of body lines in one piece) and goes through a small state
-machine that follows the spy's own rules (format notes §6-§8):
+This is the reference engine's assembler; ``native/`` implements the same rules, and the
+differential test holds the two to one output.  A clean record (the grammar's ``record``)
+that overlaps no active call of its process is taken whole.  Everything else arrives line by
+line (a run of body lines in one piece) and goes through a small state machine that follows
+the spy's own rules (format notes §6-§8):
 
 * a header opens a record; it stays *open* until a ``Returned:`` unit closes it;
 * a timestamp unit belongs to the newest open record that has none yet;
@@ -27,18 +27,16 @@ truncated record does not taint the rest of a log.
 
 from __future__ import annotations
 
-import re
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-import numpy as np
-import polars as pl
+import pyparsing as pp
 
-from grammars import blocks, spy
+from grammars import spy
 from pipeline.processes import ProcessTracker
-from pipeline.records import I64_MAX, RAW_FRAME_SCHEMA, CleanRows, RawCall, unsigned
+from pipeline.records import I64_MAX, RawCall, unsigned
 
 ACTIVE_HEADERS = 32
 MAX_OPEN = 64
@@ -135,34 +133,6 @@ def _same_process(record: _Open, pid: int | None) -> bool:
     return record.pid is None or pid is None or record.pid == pid
 
 
-class _FastRows:
-    """Which clean records of a block take the fast path, and the process each belongs to:
-    stretches of consecutive records, made into arrays once per block."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self.firsts: list[int] = []
-        self.counts: list[int] = []
-        self.processes: list[int] = []
-
-    def add(self, first: int, stretches: list[tuple[int, int]]) -> None:
-        """Records ``first``, ``first + 1``, ...: ``(process, count)`` for each stretch of them."""
-        for process, count in stretches:
-            self.firsts.append(first)
-            self.counts.append(count)
-            self.processes.append(process)
-            first += count
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """A mask of the records taken, and the process of each (0 where not taken)."""
-        mask = np.zeros(self.size, dtype=bool)
-        process = np.zeros(self.size, dtype=np.int32)
-        for first, count, one in zip(self.firsts, self.counts, self.processes):
-            mask[first : first + count] = True
-            process[first : first + count] = one
-        return mask, process
-
-
 @dataclass(frozen=True)
 class Start:
     """Where an assembler starts in its source, for parsing a part of a file.
@@ -194,11 +164,9 @@ class Assembler:
         source: str,
         emit: Callable[[RawCall], None],
         start: Start = Start(),
-        emit_frame: Callable[[CleanRows], None] | None = None,
     ) -> None:
         self.source = source
         self.emit = emit
-        self.emit_frame = emit_frame or self._emit_rows
         self.coverage = Coverage()
         self.counts = Counts()
         self.dialects: set[str] = set()
@@ -215,62 +183,23 @@ class Assembler:
 
     # --- feeding ---
 
-    def feed(self, text: str, cut: blocks.Cut | None = None) -> None:
-        """Consume one block of text that starts at a line start and ends after a newline.
-
-        Runs of clean pieces (its ``cut``, made here if not given: `blocks.cut_ahead`) take
-        the fast path; the text of the pieces between them is scanned by the grammar.
-        """
-        pieces, parts, dialects = cut or blocks.cut_pieces(text)
-        self.dialects |= dialects
-        starts, ends, nlines, before = (array.tolist() for array in pieces[:4])
-        seqs, pids = parts.seq.tolist(), parts.pid.tolist()  # pid -1: none printed
-        block_start, fast = self.line, _FastRows(parts.seq.size)
-        line, part = block_start, 0
-        bounds = np.r_[0, np.flatnonzero(pieces.clean[1:] != pieces.clean[:-1]) + 1, pieces.clean.size].tolist()
-        for index, stop in zip(bounds, bounds[1:]):
-            length = stop - index
-            if not pieces.clean[index]:
-                line = self._tokens(text[starts[index] : ends[stop - 1]], line)
-                continue
-            taken = 0
-            while taken < length and self._open and self._headers - self._activity <= ACTIVE_HEADERS:
-                this, record = part + taken, index + taken
-                pid = pids[this] if pids[this] >= 0 else None
-                if self._overlaps_active(pid):  # as `_fast_record` decides
-                    line = self._clean_slow(spy.record_parts(text[starts[record] : ends[record]]), line, nlines[record])
-                else:
-                    self._headers += 1
-                    fast.add(this, [(self.tracker.header(seqs[this]), 1)])
-                    if pid is not None:
-                        self.tracker.pid(pid)
-                    line += nlines[record]
-                taken += 1
-            if taken < length:
-                first, end = part + taken, part + length
-                self._headers += end - first
-                fast.add(first, self.tracker.headers(seqs[first:end]))
-                for pid in set(pids[first:end]) - {-1}:
-                    self.tracker.pid(pid)
-                line = block_start + before[stop - 1] + nlines[stop - 1]
-            part += length
-        self.line = line
-        if fast.counts:
-            self._clean_records(parts, fast, block_start)
+    def feed(self, text: str) -> None:
+        """Consume one block of text that starts at a line start and ends after a newline."""
+        self.dialects |= spy.dialect_hints(text)
+        self.line = self._tokens(text, self.line)
 
     def _tokens(self, text: str, line: int, records: bool = True) -> int:
         """Consume the grammar's tokens of ``text``; returns the line number reached."""
-        for match, start, end in spy.scan(text, records):
-            kind = match.lastgroup
-            if kind == "records":
-                for record_start, record_end in spy.split_records(text, start, end):
-                    line = self._record(text, record_start, record_end, line)
-            elif kind == "run":
-                line = self._body_run(text, start, end, line)
-            elif kind is not None:  # whole lines whose kinds need no grammar call
-                line = self._known_lines(text[start : end - 1].split("\n"), line)
-            else:
-                line = self._slow_lines(text, start, end, line)
+        for token in spy.scan(text, records):
+            if token.kind == "records":
+                for parsed in token.records:
+                    line = self._record(text, spy.record_parts(parsed, text), line)
+            elif token.kind == "run":
+                line = self._body_run(text, token.start, token.end, line)
+            elif token.kind == "line":
+                line = self._slow_lines(text, token.start, token.end, line)
+            else:  # known and blank lines: whole lines whose kinds need no classifier call
+                line = self._known_lines(text[token.start : token.end - 1].split("\n"), line)
         return line
 
     def owns_open_records(self) -> bool:
@@ -299,65 +228,15 @@ class Assembler:
         for record in list(self._open):
             self._close(record)
 
-    # --- the fast path ---
+    # --- records ---
 
-    def _clean_records(self, parts: blocks.Parts, fast: _FastRows, block_start: int) -> None:
-        """Emit a block's clean records that overlapped no active call (what `_fast_record`
-        does for each, their processes already decided), in columns.
-
-        Counts and coverage are taken here with numpy; the rows themselves are a lazy frame
-        that the consumer materializes (the writer does so on its own thread).
-        """
-        before = parts.before + block_start  # lines before each record's blank line
-        mask, process = fast.arrays()
-        keep = mask & (before + 2 >= self.own_from) & (before + 2 <= self.own_to)
-        taken = int(keep.sum())
-        if not taken:
-            return
-        with_pid = keep & (parts.pid >= 0)
-        if with_pid.any():  # 0.24+: the process a pid was first seen under
-            known = np.unique(parts.pid[with_pid])
-            process[with_pid] = np.array([self.tracker.pid_process[p] for p in known.tolist()], dtype=np.int32)[
-                np.searchsorted(known, parts.pid[with_pid])
-            ]
-        nlines = int(parts.nlines[keep].sum())
-        counts, coverage = self.counts, self.coverage
-        counts.records += taken
-        counts.complete += taken
-        coverage.lines += nlines
-        coverage.blank_lines += taken  # the separator line in front of each header
-        coverage.record_lines += nlines - taken
-        self.processes_used.update(np.unique(process[keep]).tolist())
-        rows = (
-            parts.frame.lazy()
-            .with_columns(pl.Series("process", process), pl.Series("keep", keep))
-            .filter("keep")
-            .with_columns(
-                pl.lit(self.source).alias("source"),
-                (pl.col("before") + block_start + 2).alias("line"),
-                pl.lit(True).alias("complete"),
-                (pl.col("before") + block_start + pl.col("nlines")).alias("end_line"),
-                pl.lit(False).alias("uncertain"),
-                pl.lit(None, pl.List(pl.String)).alias("problems"),
-            )
-            .select(RAW_FRAME_SCHEMA.names())  # the cut's and these columns have its types already
-        )
-        self.emit_frame(CleanRows(self.source, taken, rows))
-
-    def _emit_rows(self, rows: CleanRows) -> None:
-        """Hand on clean rows one `RawCall` at a time (for a consumer that takes no frames)."""
-        for row in rows.frame.collect().iter_rows():
-            self.emit(RawCall(*row))
-
-    def _record(self, text: str, start: int, end: int, line: int) -> int:
-        """A record ``text[start:end]``: one row at once if it is clean and overlaps no active
-        call of its process, else its text takes the slow path.  Returns the line number reached."""
-        nlines = text.count("\n", start, end) + (text[end - 1] != "\n")
-        parts = spy.record_parts(text[start:end])
-        if not spy.is_clean_body(parts.body):
-            return self._tokens(text[start:end], line, records=False)
-        if not self._fast_record(parts, line, nlines):
-            return self._clean_slow(parts, line, nlines)
+    def _record(self, text: str, parts: spy.RecordParts, line: int) -> int:
+        """A record of ``text`` (its `spy.RecordParts`): one row at once if it is clean and
+        overlaps no active call of its process, else its lines take the line path.  Returns
+        the line number reached."""
+        nlines = text.count("\n", parts.start, parts.end) + (text[parts.end - 1] != "\n")
+        if not spy.is_clean_body(parts.body) or not self._fast_record(parts, line, nlines):
+            return self._tokens(text[parts.start : parts.end], line, records=False)
         if self.own_from <= line + 2 <= self.own_to:
             coverage = self.coverage
             coverage.lines += nlines
@@ -367,7 +246,7 @@ class Assembler:
 
     def _fast_record(self, parts: spy.RecordParts, line: int, nlines: int) -> bool:
         """Emit a clean record that overlaps no active call of its process; False: use the slow path."""
-        seq, func, pid, tid, ts, body, rv, rv_name = parts
+        seq, func, pid, tid, ts, body, rv, rv_name, _, _ = parts
         if self._overlaps_active(pid):
             return False
         self._headers += 1
@@ -382,38 +261,6 @@ class Assembler:
         return bool(self._open) and any(_same_process(other, pid) for other in self._active())
 
     # --- the slow path ---
-
-    def _clean_slow(self, parts: spy.RecordParts, line: int, nlines: int) -> int:
-        """A clean record that must take the slow path (it overlaps an active call).
-
-        Scanned without its ``record`` alternative it is a blank line, its header and
-        timestamp, one body run (its body has no glued unit) and its ``Returned:`` line; each
-        of those units opens, fills or closes this same record, so the steps `_slow_line` and
-        `_body_run` would take for them are taken here at once, from the record's parts.
-        Returns the line number reached (its ``Returned:`` line).
-        """
-        seq, func, pid, tid, ts, body, rv, rv_name = parts
-        first, last = line + 1, line + nlines  # its blank line, its Returned: line
-        owned = self._owned(first, last)
-        blank = self.own_from <= first <= self.own_to
-        coverage = self.coverage
-        coverage.lines += owned
-        coverage.blank_lines += blank
-        coverage.record_lines += owned - blank
-        self._open_record(seq, func, line + 2)
-        record = self._open[-1]  # the newest open record: its timestamp, body and Returned: go to it
-        record.ts = ts
-        if pid is not None:
-            record.pid, record.tid = pid, tid
-            record.process = self.tracker.pid(pid)
-            self._threads[pid, tid] += 1
-            self._thread_moved_on(record)
-        self._touch(record)
-        if len(body) > 1:  # body lines: ``body`` is "\n" + lines, each ending in "\n"
-            record.body.append(body[1:-1])
-        record.rv, record.rv_name, record.end_line = rv, rv_name, last
-        self._close(record)
-        return last
 
     def _owned(self, first: int, last: int) -> int:
         """How many of the lines ``first`` .. ``last`` are this assembler's to account for."""
@@ -455,7 +302,7 @@ class Assembler:
                     self._unclaimed(spy.classify(one)[0], number)
         return last
 
-    def _slow_line(self, text: str, line: int, known: tuple[str, re.Match[str] | None] | None = None) -> None:
+    def _slow_line(self, text: str, line: int, known: tuple[str, pp.ParseResults | None] | None = None) -> None:
         """One line; ``known``: its kind and fields, when the scanner told them (a whole line, one unit)."""
         owned = self.own_from <= line <= self.own_to
         coverage = self.coverage
@@ -472,7 +319,7 @@ class Assembler:
                 coverage.blank_lines += owned
                 return
             if kind in ("banner", "load-result"):
-                self._banner(kind, match, owned)
+                self._banner(kind, unit, owned)
                 coverage.banner_lines += owned
                 return
             used |= self._unit(kind, match, unit, line)
@@ -491,17 +338,17 @@ class Assembler:
         else:
             self.coverage.add_unreadable(line)
 
-    def _banner(self, kind: str, match: re.Match[str], owned: bool) -> None:
+    def _banner(self, kind: str, unit: str, owned: bool) -> None:
         if kind == "banner":
             self.tracker.banner()
             self.counts.banners += owned
-        elif match.group(0).startswith("Error:"):
+        elif unit.startswith("Error:"):
             self.counts.load_errors += owned
 
-    def _unit(self, kind: str, match: re.Match[str] | None, unit: str, line: int) -> bool:
+    def _unit(self, kind: str, fields: pp.ParseResults | None, unit: str, line: int) -> bool:
         """Attach one unit to a record; False when it belongs to none (it is unparsed)."""
         if kind == "header":
-            self._open_record(int(match.group(1)), match.group(2), line)
+            self._open_record(int(fields["seq"]), fields["func"], line)
             return True
         if kind == "foreign" or not self._open:
             return False
@@ -509,15 +356,15 @@ class Assembler:
             record = next((r for r in reversed(self._open) if r.ts is None), None)
             if record is None:
                 return False
-            record.ts = match.group(3)
-            if match.group(1):
-                record.pid, record.tid = int(match.group(1)), int(match.group(2))
+            record.ts = fields["ts"]
+            if "pid" in fields:
+                record.pid, record.tid = int(fields["pid"]), int(fields["tid"])
                 record.process = self.tracker.pid(record.pid)
                 self._threads[record.pid, record.tid] += 1
                 self._thread_moved_on(record)
         elif kind == "returned":
             record = next((r for r in reversed(self._open) if r.ts is not None), self._open[-1])
-            record.rv, record.rv_name = int(match.group(1)), match.group(2)
+            record.rv, record.rv_name = int(fields["rv"]), fields["rv_name"]
             record.end_line = line
             self._close(record)
             return True
@@ -573,7 +420,11 @@ class Assembler:
             return  # no other open call of this thread (the common case: skip the scan)
         for record in [r for r in self._open if r is not current and r.pid == current.pid and r.tid == current.tid]:
             taker = next(
-                (h for h in reversed(self._held) if h.rv is not None and h in record.overlaps and h.tid != record.tid),
+                (
+                    h for h in reversed(self._held)
+                    if h.rv is not None and h in record.overlaps and h.tid != record.tid
+                    and h.end_line > record.line  # a call cannot return before its header
+                ),
                 None,
             )
             if taker is None:

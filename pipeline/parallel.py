@@ -38,7 +38,6 @@ import pyarrow.parquet as pq
 from pipeline.assemble import Assembler, Counts, Coverage, Start
 from pipeline.processes import ProcessTracker
 from pipeline.store import CallsWriter, collection_per_batch
-from grammars.blocks import cut_ahead
 from pipeline.stream import MAGIC_BYTES, iter_blocks, sniff
 from pipeline.records import CALLS_SCHEMA
 
@@ -214,11 +213,11 @@ def run_task(task: Task) -> PartResult:
 
 def parse_range(task: Task, writer: CallsWriter) -> PartResult:
     """Parse from the warm-up point until every owned record is closed, into ``writer``."""
-    assembler = Assembler(task.source, writer.rows.append, task.start, writer.add_clean)
+    assembler = Assembler(task.source, writer.rows.append, task.start)
     with collection_per_batch(), open(task.path, "rb") as fh:
         fh.seek(task.warm_from)
-        for block, cut in cut_ahead(iter_blocks(fh)):
-            assembler.feed(block, cut)
+        for block in iter_blocks(fh):
+            assembler.feed(block)
             writer.flush_if_full(len(block))
             if assembler.line >= task.stop_after_line and (
                 not assembler.owns_open_records() or assembler.line > task.stop_after_line + SPILL_LIMIT_LINES

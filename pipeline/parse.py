@@ -25,7 +25,6 @@ from pipeline.assemble import Assembler, Counts, Coverage
 from pipeline.errors import InputError
 from pipeline.store import CallsWriter, atomic_path, collection_per_batch, ensure_dir, write_json
 from grammars import spy
-from grammars.blocks import cut_ahead
 from pipeline.stream import LogReader, iter_blocks
 
 log = logging.getLogger(__name__)
@@ -99,11 +98,11 @@ def parse_source(
         split = parallel.parse_file(path, writer, workers, source)
         if split is not None:
             return _parallel_report(source, *split, on_bytes)
-    assembler = Assembler(source, writer.rows.append, emit_frame=writer.add_clean)
+    assembler = Assembler(source, writer.rows.append)
     with _open_input(path) as stream:
         log_text = LogReader(stream, path, on_bytes)
-        for block, cut in cut_ahead(iter_blocks(log_text)):
-            assembler.feed(block, cut)
+        for block in iter_blocks(log_text):
+            assembler.feed(block)
             writer.flush_if_full(len(block))
     assembler.finish()
     compression = None

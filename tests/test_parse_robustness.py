@@ -41,6 +41,7 @@ def assert_invariants(raw: bytes, block_size: int = 1 << 20) -> None:
     assert cov.lines == line_count(folded)
     assert cov.lines == cov.record_lines + cov.banner_lines + cov.blank_lines + cov.unparsed_lines
     assert len(records) == len(_HEADER_LINE.findall(folded))
+    assert all(r.end_line >= r.line for r in records)  # a call's lines end after its header
     frame = records_frame(records)  # the batch conversion accepts whatever was read
     assert frame.height == len(records)
     text = "\n".join(str(v) for v in frame.select("func", "rv_name", "mechanism", "user_type").to_dicts())

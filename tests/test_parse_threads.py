@@ -46,3 +46,11 @@ def test_prose_around_a_log_is_other_text_not_a_lost_call(tmp_path):
     lines = log.read_bytes().count(b"\n")
     assert cov["unreadable_lines"] == 0
     assert cov["other_spans"] == [[1, 3], [lines - 1, lines]]
+
+
+def test_a_call_never_takes_a_returned_from_before_its_header(tmp_path):
+    log = GLUED.with_name("returned-before-header.log")
+    parse_logs([str(log)], tmp_path)
+    calls = pl.read_parquet(tmp_path / "calls.parquet")
+    assert calls.height == len(re.findall(rb"^\d+: \S+[ \t\r]*$", log.read_bytes(), re.M))
+    assert calls.filter(pl.col("end_line") < pl.col("line")).is_empty()

@@ -175,17 +175,21 @@ class TimeAxis:
     """The buckets of ``latency_over_time``: size in seconds, first and last bucket start as
     ms since the epoch (None when no call has a stamp).
 
-    Why integers, not datetimes: a bucket start is aligned to the epoch, so the first bucket of
-    a stamp in year 1 starts in year 0, which Python's datetime cannot hold; Polars can, and the
-    axis never needs Python's."""
+    A bucket start is aligned to the epoch, except that none starts before year 1 (the first
+    then starts at 0001-01-01): every reader's datetime holds it (Python's, pyarrow's
+    ``to_pylist``).  Integers, so the axis never needs a Python datetime."""
 
     step: int
     first: int | None
     last: int | None
 
-    @property
-    def every(self) -> str:
-        return f"{self.step}s"
+    def bucket_of(self, ts: pl.Expr) -> pl.Expr:
+        """The start of the bucket that holds each stamp."""
+        step = self.step * 1000
+        return (pl.lit(self.first) + (ts.dt.epoch("ms") - self.first) // step * step).cast(pl.Datetime("ms"))
+
+
+YEAR_ONE_MS = -62_135_596_800_000  # 0001-01-01T00:00
 
 
 def time_axis(calls: pl.LazyFrame, bucket: str | int | None = None) -> TimeAxis:
@@ -207,7 +211,8 @@ def time_axis(calls: pl.LazyFrame, bucket: str | int | None = None) -> TimeAxis:
         step = bucket if isinstance(bucket, int) else parse_bucket(bucket)
     if lo is None:
         return TimeAxis(step, None, None)
-    first, last = (pl.select(pl.lit(v).cast(pl.Datetime("ms")).dt.truncate(f"{step}s").dt.epoch("ms")).item() for v in (lo, hi))
+    first = max(pl.select(pl.lit(lo).cast(pl.Datetime("ms")).dt.truncate(f"{step}s").dt.epoch("ms")).item(), YEAR_ONE_MS)
+    last = first + (hi - first) // (step * 1000) * (step * 1000)  # the bucket of the last stamp (`TimeAxis.bucket_of`)
     if (last - first) / 1000 / step + 1 > MAX_BUCKETS:
         raise P11lensError(
             f"--bucket {step}s makes more than {MAX_BUCKETS:,} buckets over {(hi - lo) / 86_400_000:,.1f} days; use a larger one"
@@ -217,7 +222,7 @@ def time_axis(calls: pl.LazyFrame, bucket: str | int | None = None) -> TimeAxis:
 
 def bucket_counts(axis: TimeAxis) -> Reduction:
     """Calls per (bucket, error or not, latency ms): the input of ``latency_over_time``."""
-    bucket = pl.col("ts").dt.truncate(axis.every).alias("bucket_start")
+    bucket = axis.bucket_of(pl.col("ts")).alias("bucket_start")
     keys = ["bucket_start", "error", "latency_ms"]
     return Reduction(
         partial=lambda batch: _latency_rows(batch).filter(pl.col("ts").is_not_null()).group_by(bucket, "error", "latency_ms").agg(pl.len().cast(pl.Int64).alias("n")),
