@@ -81,11 +81,6 @@ class Coverage:
             spans.append([line, last])
         return last - line + 1
 
-    @property
-    def unparsed_spans(self) -> list[list[int]]:
-        """Both kinds of spans in line order (what `pipeline.jobs` checkpoints until it keeps them apart)."""
-        return sorted(self.unreadable_spans + self.other_spans)
-
     def absorb(self, later: Coverage) -> None:
         """Add the coverage of the lines that follow (a parallel worker's range)."""
         for name in ("lines", "record_lines", "banner_lines", "blank_lines"):

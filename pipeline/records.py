@@ -1,8 +1,7 @@
 """The typed records that cross p11lens's boundaries.
 
 `RawCall` is what the assembler hands to the stream (one per PKCS#11 call found in the
-log): the record's frame (header, stamp, return) and its body text, unread; `CleanRows`
-is the same for a block's clean records, in columns.  The body's
+log): the record's frame (header, stamp, return) and its body text, unread.  The body's
 fields are read a batch at a time (``grammars.body``) and the body dropped, so it never
 leaves the process; `CALLS_SCHEMA` is how the calls look in ``calls.parquet``.  It follows
 the record table of ``design.md``; the extra columns (``end_line``, ``uncertain``,
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import polars as pl
 import pyarrow as pa
 from pkcs11.constants import UserType
 from pkcs11.mechanisms import Mechanism
@@ -80,19 +78,6 @@ RAW_SCHEMA = pa.schema(
     [CALLS_SCHEMA.field(name).with_type(pa.string()) if name == "ts" else CALLS_SCHEMA.field(name) for name in RawCall._fields[:-2]]
     + [pa.field("problems", pa.list_(pa.string())), pa.field("body", pa.large_string(), nullable=False)]
 )
-
-RAW_FRAME_SCHEMA = pl.from_arrow(RAW_SCHEMA.empty_table()).schema
-"""`RawCall` rows as a Polars frame (how the fast path hands clean records on, a block at a time)."""
-
-
-class CleanRows(NamedTuple):
-    """A block's clean records as `RawCall` columns (``RAW_FRAME_SCHEMA``), not yet computed:
-    the consumer collects ``frame`` (the writer, on its own thread)."""
-
-    source: str
-    rows: int
-    frame: pl.LazyFrame
-
 
 U64_MAX = (1 << 64) - 1
 I64_MAX = (1 << 63) - 1

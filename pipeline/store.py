@@ -12,7 +12,7 @@ import gc
 import json
 import os
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from pipeline.errors import OutputError, write_error
 from grammars.body import read_fields
-from pipeline.records import CALLS_SCHEMA, RAW_SCHEMA, CleanRows, RawCall
+from pipeline.records import CALLS_SCHEMA, RAW_SCHEMA, RawCall
 
 COMPRESSION = "zstd"
 TS_FORMAT = "%Y-%m-%d %H:%M:%S%.3f"
@@ -123,14 +123,11 @@ def write_json(path: Path, payload: object) -> None:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def records_frame(rows: list[RawCall], clean: Sequence[CleanRows] = ()) -> pl.DataFrame:
-    """A batch of raw calls as a Polars frame with the ``calls`` schema (bodies read, then dropped).
-
-    ``clean`` are more raw calls, in columns (the fast path's).
-    """
+def records_frame(rows: list[RawCall]) -> pl.DataFrame:
+    """A batch of raw calls as a Polars frame with the ``calls`` schema (bodies read, then dropped)."""
     columns = list(zip(*rows)) if rows else [[] for _ in RAW_SCHEMA]
     arrays = [pa.array(column, type=field.type) for column, field in zip(columns, RAW_SCHEMA)]
-    raw = pl.concat([pl.from_arrow(pa.Table.from_arrays(arrays, schema=RAW_SCHEMA)).lazy(), *(c.frame for c in clean)]).collect()
+    raw = pl.from_arrow(pa.Table.from_arrays(arrays, schema=RAW_SCHEMA))
     return _stamps(read_fields(raw)).select(CALLS_SCHEMA.names)
 
 
@@ -154,12 +151,10 @@ def _in_line_order(frame: pl.DataFrame, ranks: dict[str, int]) -> pl.DataFrame:
     return frame.sort(pl.col("source").replace_strict(ranks, return_dtype=pl.Int64), "line")
 
 
-def _rank_sources(batch: list[list[RawCall] | CleanRows], ranks: dict[str, int]) -> None:
-    """Give each new source of the batch the next rank, in the order its first row came
-    (rows and clean rows are converted apart, so the frame's own order cannot tell)."""
-    for segment in batch:
-        for name in [segment.source] if isinstance(segment, CleanRows) else (r.source for r in segment):
-            ranks.setdefault(name, len(ranks))
+def _rank_sources(rows: list[RawCall], ranks: dict[str, int]) -> None:
+    """Give each new source of the batch the next rank, in the order its first row came."""
+    for row in rows:
+        ranks.setdefault(row.source, len(ranks))
 
 
 class CallsWriter:
@@ -181,8 +176,6 @@ class CallsWriter:
     def __init__(self, path: Path, batch_rows: int | None = None) -> None:
         self.path = path
         self.rows: list[RawCall] = []
-        self._segments: list[list[RawCall] | CleanRows] = []  # rows and clean rows, in the order they came
-        self._frame_rows = 0
         self.batch_rows = batch_rows or BATCH_ROWS
         self.written = 0
         self._text = 0  # bytes of input read since the last hand-off: bounds the bodies held
@@ -197,21 +190,13 @@ class CallsWriter:
         """Hand off the batch once it has ``batch_rows`` rows or ``BATCH_TEXT`` bytes of input
         went into it (``text_read``: bytes read since the last call), whichever comes first."""
         self._text += text_read
-        held = len(self.rows) + self._frame_rows
+        held = len(self.rows)
         if held >= self.batch_rows or (self._text >= BATCH_TEXT and held):
             self._hand_off()
 
-    def add_clean(self, clean: CleanRows) -> None:
-        """Collect raw calls that come in columns, after the rows so far."""
-        if self.rows:
-            self._segments.append(self.rows[:])
-            self.rows.clear()
-        self._segments.append(clean)
-        self._frame_rows += clean.rows
-
     def flush(self) -> None:
         """Write every row collected so far (returns once they are in the file)."""
-        if self.rows or self._segments:
+        if self.rows:
             self._hand_off()
         self._wait()
         self._write_late()
@@ -224,21 +209,18 @@ class CallsWriter:
             self.parquet.close()
 
     def _hand_off(self) -> None:
-        batch = [*self._segments, self.rows[:]]
+        batch = self.rows[:]
         self.rows.clear()  # the same list: producers hold its bound ``append``
-        self._segments, self._frame_rows, self._text = [], 0, 0
+        self._text = 0
         self._wait()
         gc.collect(1)  # the parse runs with automatic collection paused (`collection_per_batch`); the young generations hold the batch's garbage
-        self.written += sum(segment.rows if isinstance(segment, CleanRows) else len(segment) for segment in batch)
+        self.written += len(batch)
         self._in_flight = self._thread.submit(self._write, batch)  # which empties ``batch``
 
-    def _write(self, batch: list[list[RawCall] | CleanRows]) -> None:
-        rows = [row for segment in batch if isinstance(segment, list) for row in segment]
-        clean = [segment for segment in batch if isinstance(segment, CleanRows)]
+    def _write(self, batch: list[RawCall]) -> None:
         _rank_sources(batch, self._ranks)
-        batch.clear()  # the executor holds the list: let the bodies (and the blocks the clean rows view) go with the frame
-        frame = records_frame(rows, clean)
-        del rows, clean
+        frame = records_frame(batch)
+        batch.clear()  # the executor holds the list: let the bodies go with the frame
         frame = _in_line_order(frame, self._ranks)
         behind = pl.col("line") <= pl.col("source").replace_strict(self._reached, default=0, return_dtype=pl.Int64)
         late = frame.filter(behind)
