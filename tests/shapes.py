@@ -422,7 +422,10 @@ class Shaped:
     calls: Counter  # expected (seq, func, line) rows
     other_added: int  # inserted lines that are not spy output
     blank_added: int  # inserted blank lines
-    coverage: str  # "same": pristine accounting + the added lines, exactly; "loose": invariants only
+    # "same": the pristine accounting + the added lines, exactly; "blank-or-record": the same, but
+    # a line may move between record and blank (a whitespace-only line inside a record that the
+    # shape emptied); "loose": the invariants only
+    coverage: str
     copies: int = 1
 
 
@@ -450,7 +453,7 @@ SHAPES: dict[str, Shape] = {
         Shape("terminal-120", terminal_width),
         Shape("terminal-80", lambda t, r: terminal_width(t, r, 80)),
         Shape("crlf+terminal", lambda t, r: crlf(terminal_width(t, r), r)),
-        Shape("strip-trailing", strip_trailing, extra=True),
+        Shape("strip-trailing", strip_trailing, coverage="blank-or-record", extra=True),
         Shape("cut-records", cut_records, coverage="loose"),
         Shape("cut-lines", cut_lines, coverage="loose"),
         Shape("prose", prose),
@@ -562,6 +565,21 @@ def output_texts(out_dir: Path) -> dict[str, str]:
     return texts
 
 
+def _run_of_bytes(needle: str) -> bool:
+    steps = {ord(b) - ord(a) for a, b in zip(needle, needle[1:])}
+    return steps in ({1}, {-1})
+
+
 def leaked(out_dir: Path, pins) -> list[tuple[str, str]]:
+    """(file, needle) for every PIN spelling found in an output.
+
+    In a Parquet file's raw (compressed) bytes a PIN made of consecutive characters ("123456")
+    is spelled by the integer columns themselves (seq 0, 1, 2, ... as bytes), so those needles
+    are searched in its values cast to text only.
+    """
     needles = pin_needles(pins)
-    return [(name, n) for name, text in output_texts(out_dir).items() for n in needles if n in text]
+    found = []
+    for name, text in output_texts(out_dir).items():
+        binary = name.endswith(".parquet")
+        found += [(name, n) for n in needles if n in text and not (binary and _run_of_bytes(n))]
+    return found
