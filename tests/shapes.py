@@ -561,7 +561,13 @@ def output_texts(out_dir: Path) -> dict[str, str]:
             table = pq.read_table(path)
             frame = pl.read_parquet(path)
             assert frame.height == table.num_rows, path
-            texts[f"{path}#values"] = "\n".join(str(table.column(c).to_pylist()) for c in table.column_names)
+            values = []
+            for column in table.column_names:
+                try:
+                    values.append(str(table.column(column).to_pylist()))
+                except (ValueError, OverflowError) as exc:  # e.g. a timestamp outside Python's dates
+                    raise AssertionError(f"{path.name} column {column}: values do not convert: {exc}") from exc
+            texts[f"{path}#values"] = "\n".join(values)
     return texts
 
 
