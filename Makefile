@@ -36,3 +36,13 @@ bench: setup
 
 clean:
 	rm -rf $(VENV) out .pytest_cache
+
+# The long mutation fuzz of real traces (fuzz/run.py; issue 15): FUZZ_CASES cases, every
+# FUZZ_RUN_EVERY-th also through `p11lens run`; minimised findings and summary.json in out/fuzz/.
+# Exit 1 when something was found.  About 40 cases/s on one core: 100,000 take ~45 minutes.
+FUZZ_CASES ?= 100000
+FUZZ_SEED ?= 1
+FUZZ_RUN_EVERY ?= 200
+.PHONY: fuzz
+fuzz: setup
+	$(PY) fuzz/run.py --cases $(FUZZ_CASES) --seed $(FUZZ_SEED) --run-every $(FUZZ_RUN_EVERY) --save out/fuzz

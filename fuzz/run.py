@@ -9,8 +9,8 @@ the whole ``p11lens run``.  The invariants are the issue's: no exception, every 
 for, every Parquet file readable, no PIN in any output, ``run`` exits 0 with three reports.
 
 Findings are grouped by signature (kind + message with values masked); for each, the first
-input is minimised (line delta debugging) and written to ``--save`` (default
-``fuzz/findings/``) as ``<kind>-<hash>.log``, beside a ``summary.json`` with the counts.  Copy
+input is minimised (line delta debugging) and written to ``--save`` (default ``out/fuzz/``,
+which git ignores) as ``<kind>-<hash>.log``, beside a ``summary.json`` with the counts.  Copy
 the small ones to ``tests/data/fuzz-regressions/``: ``tests/test_fuzz_mutation.py`` checks each.
 Exit 1 when anything was found.
 """
@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--batch", type=int, default=50, help="inputs per parse call (default 50)")
     p.add_argument("--run-every", type=int, default=200, help="take every N-th case through `run` too (0: never)")
-    p.add_argument("--save", type=Path, default=Path(__file__).resolve().parent / "findings")
+    p.add_argument("--save", type=Path, default=Path(__file__).resolve().parent.parent / "out" / "fuzz")
     p.add_argument("--minimise", type=int, default=300, help="parse attempts per finding's minimisation")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="fuzz: %(message)s", stream=sys.stderr)
