@@ -327,6 +327,22 @@ def opensc_debug(t: Trace, rng: random.Random) -> Trace:
     return _insert(t, at)
 
 
+def opensc_debug_windows(t: Trace, rng: random.Random) -> Trace:
+    """OpenSC's debug output as its Windows build writes it: each line starts with a date-time
+    stamp (``YYYY-MM-DD HH:MM:SS.mmm [opensc-pkcs11] …``), shaped like the start of a spy stamp."""
+    at: dict[int, list[Line]] = {}
+    spans = t.record_spans()
+    for h, end in [spans[i] for i in _some(rng, list(range(len(spans))), share=0.2, most=40)]:
+        if end - h < 2 or not t.lines[end].text.startswith(b"Returned:"):
+            continue
+        func = t.lines[h].call[1]
+        stamp = f"2015-10-28 {rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:{rng.randint(0, 59):02d}.{rng.randint(0, 999):03d}"
+        texts = [f"{stamp} [opensc-pkcs11] apdu.c:{rng.randint(100, 999)}:sc_transmit: returning with: 0 (Success)",
+                 f"{stamp} {func}(hSession:0x{rng.getrandbits(28):x}) = CKR_OK"]
+        at[end] = [Line(rng.choice(texts).encode(), kind="other") for _ in range(rng.randint(1, 3))]
+    return _insert(t, at)
+
+
 def shell_prompt(t: Trace, rng: random.Random) -> Trace:
     """The command line the user typed, pasted above the trace."""
     cmd = b"$ PKCS11SPY=/usr/lib/softhsm/libsofthsm2.so pkcs11-tool --module /usr/lib/x86_64-linux-gnu/pkcs11-spy.so -O"
@@ -462,6 +478,7 @@ SHAPES: dict[str, Shape] = {
         Shape("debug-inside", debug_inside),
         Shape("debug-banner", debug_banner, extra=True),
         Shape("opensc-debug", opensc_debug, extra=True),
+        Shape("opensc-debug-windows", opensc_debug_windows, extra=True),
         Shape("shell-prompt", shell_prompt, extra=True),
         Shape("fence", fence),
         Shape("fence+pad+prose", lambda t, r: fence(prose(pad_spaces(t, r), r), r)),
