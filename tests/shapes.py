@@ -93,6 +93,10 @@ class Trace:
     def added(self, kind: str) -> int:
         return sum(1 for line in self.lines if line.kind == kind)
 
+    def added_at(self, kind: str) -> tuple[int, ...]:
+        """1-based line numbers of the lines the shapes inserted, of ``kind``."""
+        return tuple(i + 1 for i, line in enumerate(self.lines) if line.kind == kind)
+
     def header_indexes(self) -> list[int]:
         return [i for i, line in enumerate(self.lines) if line.call]
 
@@ -443,6 +447,7 @@ class Shaped:
     # shape emptied); "loose": the invariants only
     coverage: str
     copies: int = 1
+    other_at: tuple[int, ...] = ()  # line numbers of the inserted other lines
 
 
 @dataclass(frozen=True)
@@ -514,6 +519,7 @@ def make(shape: str, trace: Trace, seed: int) -> Shaped:
         blank_added=shaped.added("blank"),
         coverage=spec.coverage,
         copies=spec.copies,
+        other_at=shaped.added_at("other"),
     )
 
 
@@ -545,6 +551,11 @@ def expected_accounting(pristine: dict, shaped: Shaped) -> dict:
     out["other_lines"] += shaped.other_added
     out["blank_lines"] += shaped.blank_added
     return out
+
+
+def span_lines(spans) -> set[int]:
+    """The line numbers that ``[first, last]`` spans cover."""
+    return {n for first, last in spans for n in range(first, last + 1)}
 
 
 def pin_needles(pins) -> list[str]:

@@ -27,7 +27,9 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from shapes import SHAPES, Trace, check_accounting, expected_accounting, header_calls, leaked, line_count, make, zstd_available
+from shapes import (
+    SHAPES, Trace, check_accounting, expected_accounting, header_calls, leaked, line_count, make, span_lines, zstd_available,
+)
 from spylogs import DATA, PINS, p11lens
 
 from pipeline.cli import main as cli_main
@@ -107,6 +109,10 @@ def check_outputs(out_dir: Path, shaped, pristine_cov: dict) -> None:
         assert cov["record_lines"] + cov["blank_lines"] == merged, f"{shaped.shape}: record + blank lines differ"
     if shaped.coverage in ("same", "blank-or-record"):
         assert {k: cov[k] for k in want} == want, f"{shaped.shape}: accounting differs from the pristine log's"
+        if pristine_cov["other_lines"] == 0 and pristine_cov["unreadable_lines"] == 0:
+            # the very lines inserted are the other text, at their line numbers
+            assert span_lines(cov["other_spans"]) == set(shaped.other_at), f"{shaped.shape}: other_spans are not the inserted lines"
+            assert cov["unreadable_spans"] == []
 
 
 # ---- the pristine logs themselves --------------------------------------------------------------
