@@ -370,6 +370,7 @@ def _parse_group(group: list[int], cases, paths, work: Path, pins, result: Batch
                 result.not_spy += 1
             else:
                 result.findings.append(Finding("exception", _signature(exc), group[0], traceback.format_exc()[-3000:]))
+            result.findings += _leftovers(out, group[0])
             return
         findings = None
     else:
@@ -385,6 +386,22 @@ def _parse_group(group: list[int], cases, paths, work: Path, pins, result: Batch
     half = len(group) // 2
     _parse_group(group[:half], cases, paths, work, pins, result)
     _parse_group(group[half:], cases, paths, work, pins, result)
+
+
+def _leftovers(out: Path, case: int) -> list[Finding]:
+    """After a failed parse: whatever Parquet file it left behind must still be readable."""
+    import polars as pl
+    import pyarrow.parquet as pq
+
+    findings = []
+    for path in sorted(out.rglob("*")) if out.exists() else []:
+        if path.is_file() and ".parquet" in path.name:
+            try:
+                pq.read_table(path)
+                pl.read_parquet(path)
+            except Exception as exc:
+                findings.append(Finding("parquet", f"left behind unreadable: {_signature(exc)}", case))
+    return findings
 
 
 def run_one(raw: bytes, work: Path, pins) -> list[Finding]:
