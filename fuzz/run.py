@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=50, help="inputs per parse call (default 50)")
     p.add_argument("--run-every", type=int, default=200, help="take every N-th case through `run` too (0: never)")
     p.add_argument("--save", type=Path, default=Path(__file__).resolve().parent.parent / "out" / "fuzz")
+    p.add_argument("--window", type=int, default=300, help="lines per input at most (default 300)")
     p.add_argument("--minimise", type=int, default=300, help="parse attempts per finding's minimisation")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="fuzz: %(message)s", stream=sys.stderr)
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while done < args.cases:
             n = min(args.batch, args.cases - done)
-            cases, names = zip(*(fz.mutate(rng.choice(seeds), rng, seeds) for _ in range(n)))
+            cases, names = zip(*(fz.mutate(rng.choice(seeds), rng, seeds, args.window) for _ in range(n)))
             result = fz.parse_batch(list(cases), work / "batch", pins)
             not_spy += result.not_spy
             findings = result.findings

@@ -32,6 +32,7 @@ REGRESSIONS = sorted((ROOT / "tests" / "data" / "fuzz-regressions").glob("*.log"
 PER_MUTATOR = int(100 * SCALE)
 MIXED = int(1000 * SCALE)
 BATCH = 50
+WINDOW = 120  # lines per input at most (the long fuzz takes up to 600): ~2,900 cases in about a minute
 # The whole run (analyze, reports: ~1 s each) for a few cases of the mutators whose damage the
 # later stages see: impossible stamps, counters and handles, and cut logs.
 RUNS = {"bad_timestamp": 3, "huge_digits": 1, "huge_header": 1, "long_hex": 1, "truncate": 1, "cut_head": 1}
@@ -57,14 +58,14 @@ def fuzz(tmp: Path, rng: random.Random, count: int, mutators=None, runs: int = 1
     for _ in range(count):
         seed = rng.choice(SEEDS)
         if mutators:  # one named mutation on a window of a real log
-            raw = fz.window(seed.raw, rng)
-            other = fz.window(rng.choice(SEEDS).raw, rng)
+            raw = fz.window(seed.raw, rng, WINDOW, whole=0)
+            other = fz.window(rng.choice(SEEDS).raw, rng, WINDOW, whole=0)
             for fn in mutators:
                 raw = fn(raw, rng, other, seed.pins)
             cases.append(raw)
             names.append([fn.__name__ for fn in mutators])
         else:
-            raw, mutated = fz.mutate(seed, rng, SEEDS)
+            raw, mutated = fz.mutate(seed, rng, SEEDS, WINDOW, whole=0)
             cases.append(raw)
             names.append(mutated)
     findings = []

@@ -48,13 +48,32 @@ EXAMPLES = [
     )
 ]
 LOGS = {p.name: p for p in SAMPLES + EXAMPLES}
+# The larger sample logs are used up to their record that ends near line 1,500 (all three
+# banners of processes.log are in it): a real trace's head is still a real trace, and the matrix
+# stays within its time (the pyparsing reference engine reads about 1 MB/s).
+HEAD_LINES = int(os.environ.get("P11LENS_SHAPES_HEAD", "1500"))
 SEED = int(os.environ.get("P11LENS_SHAPES_SEED", "15"))
 ALL = os.environ.get("P11LENS_SHAPES_ALL") == "1"
 
 
 @functools.lru_cache(maxsize=None)
+def trace_of(log: str) -> Trace:
+    """The log, or its head: whole records up to the first header at or after HEAD_LINES."""
+    trace = Trace.load(LOGS[log])
+    later = [h for h in trace.header_indexes() if h >= HEAD_LINES]
+    if not later or HEAD_LINES <= 0:
+        return trace
+    end = later[0] - 1 if trace.lines[later[0] - 1].text.strip() == b"" else later[0]
+    return trace.with_lines(trace.lines[:end])
+
+
+def raw_of(log: str) -> bytes:
+    return trace_of(log).to_bytes()
+
+
+@functools.lru_cache(maxsize=None)
 def shaped_copy(shape: str, log: str):
-    return make(shape, Trace.load(LOGS[log]), SEED)
+    return make(shape, trace_of(log), SEED)
 
 
 def pins_of(path: Path) -> list[str]:
@@ -73,9 +92,12 @@ def _skip_unavailable(shape: str) -> None:
 def pristine(tmp_path_factory):
     """Each log parsed as the spy wrote it: its accounting, the reference for the shaped copies."""
     out = {}
-    for name, path in LOGS.items():
+    for name in LOGS:
         d = tmp_path_factory.mktemp("pristine")
-        manifest = parse_logs([str(path)], d)
+        path = d / name
+        path.write_bytes(raw_of(name))
+        manifest = parse_logs([str(path)], d / "out")
+        d = d / "out"
         rows = pq.read_table(d / "calls.parquet", columns=["seq", "func", "line"]).to_pydict()
         out[name] = (manifest["inputs"][0]["coverage"], Counter(zip(rows["seq"], rows["func"], rows["line"])))
     return out
@@ -122,15 +144,16 @@ def check_outputs(out_dir: Path, shaped, pristine_cov: dict) -> None:
 def test_pristine_log_reads_every_header(name, pristine):
     """The reference is sound: the pristine parse has one row per header line, and no unread line."""
     cov, rows = pristine[name]
-    raw = LOGS[name].read_bytes()
+    raw = raw_of(name)
     assert rows == header_calls(raw)
     check_accounting(cov, line_count(raw))
 
 
 def test_every_log_has_calls_and_the_catalogue_is_complete():
     assert len(SAMPLES) >= 5 and all(p.exists() for p in EXAMPLES)
-    for path in LOGS.values():
-        assert sum(Trace.load(path).calls().values()) > 0
+    for log in LOGS:
+        assert sum(trace_of(log).calls().values()) > 0
+    assert trace_of("processes.log").to_bytes().count(b"OpenSC PKCS#11 spy") == 3
     issue_shapes = {"pad-spaces", "pad-tabs", "crlf", "terminal-120", "cut-records", "cut-lines", "prose",
                     "debug-inside", "comments", "fence", "gz", "bz2", "xz", "zst", "concat"}
     assert issue_shapes <= set(SHAPES)
@@ -165,7 +188,7 @@ def test_byte_cuts_parse(pristine, tmp_path):
     rng = random.Random(SEED)
     for i in range(12):
         log = rng.choice(sorted(LOGS))
-        shaped = byte_cut(Trace.load(LOGS[log]), SEED * 100 + i)
+        shaped = byte_cut(trace_of(log), SEED * 100 + i)
         if not shaped.calls:
             continue
         path = write_input(tmp_path, shaped, f"cut{i}")
@@ -212,13 +235,10 @@ def test_shape_run(shape, log, pristine, tmp_path, capsys):
 
 CLI_CASES = [
     ("pad-spaces", "smoke.log", True),  # the issue's `sed 's/$/ /' good.log | p11lens run - -o o`
-    ("gz", "errors.log", False),
-    ("gz-named-log", "02-keygen-sign_0.20.0.log", False),
+    ("gz-named-log", "errors.log", False),
     ("crlf+terminal", "12-mechinfo_0.24.0.log", False),
     ("fence+pad+prose", "threads.log", False),
-    ("cut-lines", "processes.log", False),
-    ("debug-inside", "05-secrets_0.27.1.log", False),
-    ("concat-labelled", "smoke.log", True),
+    ("concat-labelled", "02-keygen-sign_0.20.0.log", True),
 ]
 
 
