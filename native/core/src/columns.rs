@@ -1,0 +1,332 @@
+//! The `calls` table in columns: Arrow's memory layout (values, validity bitmaps, `i32`
+//! offsets), filled a row at a time and handed over a batch at a time.
+
+use crate::body::{self, Fields};
+
+#[derive(Default, Debug, Clone)]
+pub struct Bits {
+    pub bytes: Vec<u8>,
+    pub len: usize,
+    pub unset: usize,
+}
+
+impl Bits {
+    pub fn push(&mut self, on: bool) {
+        if self.len % 8 == 0 {
+            self.bytes.push(0);
+        }
+        if on {
+            if let Some(last) = self.bytes.last_mut() {
+                *last |= 1 << (self.len % 8);
+            }
+        } else {
+            self.unset += 1;
+        }
+        self.len += 1;
+    }
+}
+
+/// A column of 64-bit numbers (`u64` or `i64` bits), nullable.
+#[derive(Default, Debug, Clone)]
+pub struct Numbers {
+    pub values: Vec<u64>,
+    pub valid: Bits,
+}
+
+impl Numbers {
+    pub fn push(&mut self, v: Option<u64>) {
+        self.values.push(v.unwrap_or(0));
+        self.valid.push(v.is_some());
+    }
+}
+
+/// A column of strings (UTF-8; the log's Latin-1 bytes converted), nullable.
+#[derive(Debug, Clone)]
+pub struct Strings {
+    pub offsets: Vec<i32>,
+    pub data: Vec<u8>,
+    pub valid: Bits,
+}
+
+impl Default for Strings {
+    fn default() -> Self {
+        Strings {
+            offsets: vec![0],
+            data: Vec::new(),
+            valid: Bits::default(),
+        }
+    }
+}
+
+impl Strings {
+    /// Append one Latin-1 string as UTF-8; a string that would carry the column's data past
+    /// `i32::MAX` bytes is cut short (Arrow's `string` offsets are 32-bit).
+    pub fn push_value(&mut self, latin1: &[u8]) {
+        let room = (i32::MAX as usize).saturating_sub(self.data.len());
+        if latin1.is_ascii() {
+            self.data.extend_from_slice(&latin1[..latin1.len().min(room)]);
+        } else {
+            for &b in latin1 {
+                let need = if b < 0x80 { 1 } else { 2 };
+                if self.data.len() + need > i32::MAX as usize {
+                    break;
+                }
+                if b < 0x80 {
+                    self.data.push(b);
+                } else {
+                    self.data.push(0xc0 | (b >> 6));
+                    self.data.push(0x80 | (b & 0x3f));
+                }
+            }
+        }
+        self.offsets.push(i32::try_from(self.data.len()).unwrap_or(i32::MAX));
+    }
+
+    pub fn push(&mut self, v: Option<&[u8]>) {
+        match v {
+            Some(s) => self.push_value(s),
+            None => self.offsets.push(i32::try_from(self.data.len()).unwrap_or(i32::MAX)),
+        }
+        self.valid.push(v.is_some());
+    }
+}
+
+/// A column of lists (of strings or numbers), nullable; a list is null when it is empty.
+#[derive(Debug, Clone)]
+pub struct Lists<T> {
+    pub offsets: Vec<i32>,
+    pub valid: Bits,
+    pub items: T,
+    count: usize,
+}
+
+impl<T: Default> Default for Lists<T> {
+    fn default() -> Self {
+        Lists {
+            offsets: vec![0],
+            valid: Bits::default(),
+            items: T::default(),
+            count: 0,
+        }
+    }
+}
+
+impl<T> Lists<T> {
+    fn close(&mut self, added: usize) {
+        self.count += added;
+        self.offsets.push(i32::try_from(self.count).unwrap_or(i32::MAX));
+        self.valid.push(added > 0);
+    }
+}
+
+impl Lists<Strings> {
+    pub fn push(&mut self, list: &[Vec<u8>]) {
+        for item in list {
+            self.items.push_value(item);
+            self.items.valid.push(true);
+        }
+        self.close(list.len());
+    }
+}
+
+impl Lists<Numbers> {
+    pub fn push(&mut self, list: &[u64]) {
+        for &item in list {
+            self.items.push(Some(item));
+        }
+        self.close(list.len());
+    }
+}
+
+/// One call record, as the assembler emits it (its body not yet read).
+pub struct Row<'a> {
+    pub process: i32,
+    pub pid: Option<u128>,
+    pub tid: Option<u128>,
+    pub seq: u128,
+    pub line: u64,
+    pub ts: Option<&'a [u8]>,
+    pub func: &'a [u8],
+    pub rv: Option<(i128, &'a [u8])>,
+    pub end_line: u64,
+    pub uncertain: bool,
+    pub body: &'a [u8],
+}
+
+/// Rows of `CALLS_SCHEMA` (less `source`, which the Python side fills), in columns.
+#[derive(Default, Debug, Clone)]
+pub struct Batch {
+    pub rows: usize,
+    pub process: Vec<i32>,
+    pub pid: Numbers,
+    pub tid: Numbers,
+    pub seq: Numbers,
+    pub line: Numbers,
+    pub ts: Numbers,
+    pub func: Strings,
+    pub rv: Numbers,
+    pub rv_name: Strings,
+    pub complete: Bits,
+    pub slot: Numbers,
+    pub session: Numbers,
+    pub object: Numbers,
+    pub mechanism: Strings,
+    pub user_type: Strings,
+    pub in_len: Numbers,
+    pub out_len: Numbers,
+    pub attributes: Lists<Strings>,
+    pub created: Lists<Numbers>,
+    pub end_line: Numbers,
+    pub uncertain: Bits,
+    pub secrets: Lists<Strings>,
+    pub flags: Lists<Strings>,
+    /// Rows came in line order (else the reader sorts the batch).
+    pub sorted: bool,
+    last_line: u64,
+}
+
+fn unsigned(v: Option<u128>, column: &str, flags: &mut Vec<Vec<u8>>) -> Option<u64> {
+    let v = v?;
+    match u64::try_from(v) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            flags.push(format!("out-of-range:{column}").into_bytes());
+            None
+        }
+    }
+}
+
+fn checked(v: Option<Result<u64, ()>>, column: &str, flags: &mut Vec<Vec<u8>>) -> Option<u64> {
+    match v? {
+        Ok(v) => Some(v),
+        Err(()) => {
+            flags.push(format!("out-of-range:{column}").into_bytes());
+            None
+        }
+    }
+}
+
+impl Batch {
+    pub fn new() -> Self {
+        Batch {
+            sorted: true,
+            ..Batch::default()
+        }
+    }
+
+    pub fn push(&mut self, row: &Row<'_>) {
+        let Fields {
+            slot,
+            session,
+            object,
+            mechanism,
+            user_type,
+            in_len,
+            out_len,
+            attributes,
+            created,
+            secrets,
+            mut flags,
+        } = body::read(row.func, row.body);
+        let mut range = Vec::new();
+        if row.line < self.last_line {
+            self.sorted = false;
+        }
+        self.last_line = row.line;
+        self.rows += 1;
+        self.process.push(row.process);
+        let pid = unsigned(row.pid, "pid", &mut range);
+        self.pid.push(pid);
+        let tid = unsigned(row.tid, "tid", &mut range);
+        self.tid.push(tid);
+        self.seq.push(Some(u64::try_from(row.seq).unwrap_or(u64::MAX)));
+        self.line.push(Some(row.line));
+        let ts = row.ts.and_then(millis);
+        if row.ts.is_some() && ts.is_none() {
+            range.push(b"bad-timestamp".to_vec());
+        }
+        self.ts.push(ts.map(|v| v as u64));
+        self.func.push(Some(row.func));
+        let rv = row.rv.and_then(|(v, _)| match u64::try_from(v) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                range.push(b"out-of-range:rv".to_vec());
+                None
+            }
+        });
+        self.rv.push(rv);
+        self.rv_name.push(row.rv.map(|(_, name)| name));
+        self.complete.push(row.rv.is_some());
+        self.slot.push(checked(slot, "slot", &mut range));
+        self.session.push(checked(session, "session", &mut range));
+        self.object.push(checked(object, "object", &mut range));
+        self.mechanism.push(mechanism.as_deref());
+        self.user_type.push(user_type.as_deref());
+        self.in_len.push(checked(in_len, "in_len", &mut range));
+        self.out_len.push(checked(out_len, "out_len", &mut range));
+        self.attributes.push(&attributes);
+        let mut handles = Vec::with_capacity(created.len());
+        let mut created_out_of_range = false;
+        for c in created {
+            match c {
+                Ok(v) => handles.push(v),
+                Err(()) => created_out_of_range = true,
+            }
+        }
+        if created_out_of_range {
+            range.push(b"out-of-range:created".to_vec());
+        }
+        self.created.push(&handles);
+        self.end_line.push(Some(row.end_line));
+        self.uncertain.push(row.uncertain);
+        self.secrets.push(&secrets);
+        flags.extend(range);
+        self.flags.push(&flags);
+    }
+}
+
+/// Milliseconds since 1970 of a `YYYY-MM-DD HH:MM:SS.mmm` stamp, as Polars' `to_datetime`
+/// reads it (`None`: not a real date or time; second 60 is the next minute's 0).
+pub fn millis(s: &[u8]) -> Option<i64> {
+    if s.len() != 23 {
+        return None;
+    }
+    let num = |a: usize, b: usize| -> i64 { s[a..b].iter().fold(0, |v, &d| v * 10 + i64::from(d.wrapping_sub(b'0'))) };
+    let (y, m, d) = (num(0, 4), num(5, 7), num(8, 10));
+    let (hh, mm, ss, ms) = (num(11, 13), num(14, 16), num(17, 19), num(20, 23));
+    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    let days_in = match m {
+        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
+        4 | 6 | 9 | 11 => 30,
+        2 if leap => 29,
+        2 => 28,
+        _ => return None,
+    };
+    if d < 1 || d > days_in || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // days from civil (Howard Hinnant's algorithm)
+    let yy = if m <= 2 { y - 1 } else { y };
+    let era = yy.div_euclid(400);
+    let yoe = yy - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + ms)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stamps() {
+        assert_eq!(millis(b"2024-01-01 23:59:60.123"), Some(1_704_153_600_123));
+        assert_eq!(millis(b"0000-01-01 00:00:00.000"), Some(-62_167_219_200_000));
+        assert_eq!(millis(b"2024-02-30 10:00:00.000"), None);
+        assert_eq!(millis(b"2000-02-29 00:00:00.000"), Some(951_782_400_000));
+        assert_eq!(millis(b"1900-02-29 00:00:00.000"), None);
+        assert_eq!(millis(b"2024-01-01 24:00:00.000"), None);
+    }
+}

@@ -1,0 +1,156 @@
+//! p11lens's native scan engine: OpenSC pkcs11-spy logs into the `calls` table's columns.
+//!
+//! A second implementation of the contract the reference engine (`grammars/`, `pipeline/
+//! assemble.py`) defines: the same blocks, tokens, state machine, body fields and line
+//! accounting, without Python. It knows nothing of Python; `native/py` is its Python face.
+
+pub mod assemble;
+pub mod blocks;
+pub mod body;
+pub mod columns;
+pub mod enums;
+pub mod lines;
+pub mod tracker;
+
+use assemble::{Assembler, Sink, Start};
+use blocks::Cutter;
+use columns::{Batch, Row};
+
+pub const BATCH_ROWS: usize = 8_192;
+
+struct Batches {
+    current: Batch,
+    done: Vec<Batch>,
+    rows: usize,
+}
+
+impl Sink for Batches {
+    fn row(&mut self, row: &Row<'_>) {
+        self.current.push(row);
+        if self.current.rows >= self.rows {
+            self.done.push(std::mem::replace(&mut self.current, Batch::new()));
+        }
+    }
+}
+
+/// One scan of a byte range of one log: bytes in (as the stream reads them), batches out.
+pub struct Scanner {
+    assembler: Assembler,
+    cutter: Cutter,
+    batches: Batches,
+    dialects: u8,
+    /// Raw bytes, from the first read on, whose blocks give dialect hints (the range owned).
+    hint_bytes: u64,
+    cut_bytes: u64,
+}
+
+impl Scanner {
+    pub fn new(start: Start, batch_rows: usize, block_size: usize, hint_bytes: u64) -> Self {
+        Scanner {
+            assembler: Assembler::new(start),
+            cutter: Cutter::new(block_size),
+            batches: Batches {
+                current: Batch::new(),
+                done: Vec::new(),
+                rows: batch_rows.max(1),
+            },
+            dialects: 0,
+            hint_bytes,
+            cut_bytes: 0,
+        }
+    }
+
+    /// Text before the range, read to warm the state up (no block cutting, no hints): whole
+    /// lines, starting at a blank line.
+    pub fn warm(&mut self, raw: &[u8]) {
+        let text = blocks::fold(raw);
+        self.assembler.feed(&text, &mut self.batches);
+    }
+
+    /// Bytes a whole-file pass had read but not cut into a block yet (see `Cutter::prime`).
+    pub fn prime(&mut self, raw: &[u8]) {
+        self.cutter.prime(raw);
+    }
+
+    /// One read of the stream.
+    pub fn read(&mut self, chunk: &[u8]) {
+        let Scanner {
+            assembler,
+            cutter,
+            batches,
+            dialects,
+            hint_bytes,
+            cut_bytes,
+        } = self;
+        cutter.read(chunk, &mut |raw| Self::block(assembler, batches, dialects, *hint_bytes, cut_bytes, raw));
+    }
+
+    fn block(
+        assembler: &mut Assembler,
+        batches: &mut Batches,
+        dialects: &mut u8,
+        hint_bytes: u64,
+        cut_bytes: &mut u64,
+        raw: &[u8],
+    ) {
+        let text = blocks::fold(raw);
+        if *cut_bytes < hint_bytes {
+            *dialects |= blocks::dialect_hints(&text);
+        }
+        *cut_bytes += raw.len() as u64;
+        assembler.feed(&text, batches);
+    }
+
+    /// End of the input (or of what this range needs): the rest is cut and fed, records
+    /// still open are incomplete, the last batch is closed.
+    pub fn finish(&mut self) {
+        let Scanner {
+            assembler,
+            cutter,
+            batches,
+            dialects,
+            hint_bytes,
+            cut_bytes,
+        } = self;
+        cutter.finish(&mut |raw| Self::block(assembler, batches, dialects, *hint_bytes, cut_bytes, raw));
+        self.assembler.finish(&mut self.batches);
+        if self.batches.current.rows > 0 {
+            let last = std::mem::replace(&mut self.batches.current, Batch::new());
+            self.batches.done.push(last);
+        }
+    }
+
+    /// The batches completed so far.
+    pub fn take_batches(&mut self) -> Vec<Batch> {
+        std::mem::take(&mut self.batches.done)
+    }
+
+    pub fn assembler(&self) -> &Assembler {
+        &self.assembler
+    }
+
+    /// The dialects seen, as `blocks::DIALECTS` names.
+    pub fn dialects(&self) -> Vec<&'static str> {
+        blocks::DIALECTS
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.dialects & (1 << i) != 0)
+            .map(|(_, d)| *d)
+            .collect()
+    }
+
+    /// Lines consumed so far.
+    pub fn line(&self) -> u64 {
+        self.assembler.line
+    }
+}
+
+/// Scan a whole log held in memory (tests, fuzzing): the batches and the scanner's state.
+pub fn scan_all(data: &[u8], block_size: usize) -> (Vec<Batch>, Scanner) {
+    let mut s = Scanner::new(Start::default(), BATCH_ROWS, block_size, u64::MAX);
+    for chunk in data.chunks(block_size.max(1)) {
+        s.read(chunk);
+    }
+    s.finish();
+    (s.take_batches(), s)
+}

@@ -1,0 +1,278 @@
+//! The line grammar of `grammars/spy.py`, on bytes (a log is Latin-1: one byte, one character).
+//!
+//! Every function here takes one line's content without its newline and says whether it is a
+//! whole token of the grammar (`HEADER`, `TS`, `RETURNED`, ...), with its fields as slices of
+//! the line. The grammar's `\s` is ASCII whitespace: space, tab, `\n`, `\r`, form feed, `\v`.
+
+/// `\s` of Python's `re.ASCII` (and the classes `grammars.body` spells out for Rust).
+#[inline]
+pub fn is_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | b'\r' | 0x0c | 0x0b)
+}
+
+#[inline]
+fn digits(s: &[u8]) -> usize {
+    s.iter().take_while(|b| b.is_ascii_digit()).count()
+}
+
+#[inline]
+fn lower_hex(s: &[u8]) -> usize {
+    s.iter()
+        .take_while(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        .count()
+}
+
+/// `HEADER = (\d+): (\S+)`, the whole line: `(seq digits, func)`.
+pub fn header(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let n = digits(line);
+    if n == 0 || !line[n..].starts_with(b": ") {
+        return None;
+    }
+    let func = &line[n + 2..];
+    if func.is_empty() || func.iter().any(|&b| is_space(b)) {
+        return None;
+    }
+    Some((&line[..n], func))
+}
+
+/// A stamp: `(pid, tid, "YYYY-MM-DD HH:MM:SS.mmm")`.
+pub struct Stamp<'a> {
+    pub pid: Option<&'a [u8]>,
+    pub tid: Option<&'a [u8]>,
+    pub stamp: &'a [u8],
+}
+
+fn date_time(s: &[u8]) -> bool {
+    // \d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}
+    const SHAPE: &[u8; 23] = b"dddd-dd-dd dd:dd:dd.ddd";
+    s.len() == 23
+        && s.iter().zip(SHAPE.iter()).all(|(&c, &k)| {
+            if k == b'd' {
+                c.is_ascii_digit()
+            } else {
+                c == k
+            }
+        })
+}
+
+/// `TS = (?:P:(\d+); T:(?:0x)?(\d+) )?(date time)`, the whole line.
+pub fn stamp(line: &[u8]) -> Option<Stamp<'_>> {
+    if line.starts_with(b"P:") {
+        let rest = &line[2..];
+        let n = digits(rest);
+        if n > 0 && rest[n..].starts_with(b"; T:") {
+            let pid = &rest[..n];
+            let mut t = &rest[n + 4..];
+            if t.starts_with(b"0x") && digits(&t[2..]) > 0 {
+                t = &t[2..];
+            }
+            let m = digits(t);
+            if m > 0 && t.get(m) == Some(&b' ') && date_time(&t[m + 1..]) {
+                return Some(Stamp {
+                    pid: Some(pid),
+                    tid: Some(&t[..m]),
+                    stamp: &t[m + 1..],
+                });
+            }
+        }
+        return None;
+    }
+    if date_time(line) {
+        Some(Stamp {
+            pid: None,
+            tid: None,
+            stamp: line,
+        })
+    } else {
+        None
+    }
+}
+
+/// `RETURNED = Returned:  (-?\d+) (\S+)`, the whole line: `(rv with its sign, rv_name)`.
+pub fn returned(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let rest = line.strip_prefix(b"Returned:  ")?;
+    let sign = usize::from(rest.first() == Some(&b'-'));
+    let n = digits(&rest[sign..]);
+    if n == 0 || rest.get(sign + n) != Some(&b' ') {
+        return None;
+    }
+    let name = &rest[sign + n + 1..];
+    if name.is_empty() || name.iter().any(|&b| is_space(b)) {
+        return None;
+    }
+    Some((&rest[..sign + n], name))
+}
+
+pub const BANNER: &[u8] = b"*************** OpenSC PKCS#11 spy *****************";
+
+/// `load-result = Loaded: ".*" | Error: .*`
+pub fn load_result(line: &[u8]) -> bool {
+    (line.starts_with(b"Loaded: \"") && line.len() >= 10 && line.ends_with(b"\""))
+        || line.starts_with(b"Error: ")
+}
+
+/// `body-start` (`spy.BODY_STARTS`): the line starts like one of the body units.
+pub fn body_start(line: &[u8]) -> bool {
+    let Some(&first) = line.first() else {
+        return false;
+    };
+    match first {
+        b' ' | b'\t' | b'}' => true,
+        b'[' => line.starts_with(b"[in] ") || line.starts_with(b"[out] ") || line == b"[compat]",
+        b'C' => line.starts_with(b"CKM_") || (line.starts_with(b"Count is ") && line.get(9).is_some_and(u8::is_ascii_digit)),
+        b'U' => line.starts_with(b"Unknown Mechanism ("),
+        b'S' => {
+            line.starts_with(b"Slot ") && {
+                let r = &line[5..];
+                let r = r.strip_prefix(b"-").unwrap_or(r);
+                r.first().is_some_and(u8::is_ascii_digit)
+            }
+        }
+        b'O' => line.starts_with(b"Object 0x") && lower_hex(&line[9..]) > 0,
+        b'I' => line.starts_with(b"Interface '"),
+        b'(' => line.starts_with(b"(unknown type"),
+        b'p' => line.starts_with(b"pMechanism->") || line.starts_with(b"pApplication="),
+        b'N' => line.starts_with(b"Notify="),
+        b'P' => line.starts_with(b"Parameters block for "),
+        _ => orphan_rendering(line),
+    }
+}
+
+/// `[0-9a-f]{8}(?:[0-9a-f]{8})? / -?\d`: a buffer rendering another thread cut from its line.
+fn orphan_rendering(line: &[u8]) -> bool {
+    let n = lower_hex(line);
+    if n != 8 && n != 16 {
+        return false;
+    }
+    let Some(r) = line[n..].strip_prefix(b" / ") else {
+        return false;
+    };
+    let r = r.strip_prefix(b"-").unwrap_or(r);
+    r.first().is_some_and(u8::is_ascii_digit)
+}
+
+/// The line ends in `:\d\d\.\d{3}` (a timestamp unit glued to it, or its own stamp).
+pub fn ends_with_stamp(line: &[u8]) -> bool {
+    let n = line.len();
+    n >= 7 && {
+        let t = &line[n - 7..];
+        t[0] == b':'
+            && t[1].is_ascii_digit()
+            && t[2].is_ascii_digit()
+            && t[3] == b'.'
+            && t[4..].iter().all(u8::is_ascii_digit)
+    }
+}
+
+/// A body line of a clean record (`BODY_LINE`): a body start, no `Returned:` and no stamp end.
+pub fn strict_body(line: &[u8]) -> bool {
+    body_start(line) && !ends_with_stamp(line) && memchr::memmem::find(line, b"Returned:").is_none()
+}
+
+/// What the line grammar (`spy.classify`) makes of one unit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Blank,
+    Banner,
+    LoadResult,
+    Header,
+    Timestamp,
+    Returned,
+    Body,
+    Foreign,
+}
+
+/// `spy.classify`: the first of `LINE_KINDS` that matches the whole unit.
+pub fn classify(unit: &[u8]) -> Kind {
+    if unit.is_empty() {
+        Kind::Blank
+    } else if unit == BANNER {
+        Kind::Banner
+    } else if load_result(unit) {
+        Kind::LoadResult
+    } else if header(unit).is_some() {
+        Kind::Header
+    } else if stamp(unit).is_some() {
+        Kind::Timestamp
+    } else if returned(unit).is_some() {
+        Kind::Returned
+    } else if body_start(unit) {
+        Kind::Body
+    } else {
+        Kind::Foreign
+    }
+}
+
+/// `spy.split_units`: a `Returned:` or timestamp unit glued to the end of another unit is cut
+/// off into a unit of its own; returns where the second unit starts, if there is one.
+pub fn split_at(line: &[u8]) -> Option<usize> {
+    let n = line.len();
+    let maybe = memchr::memmem::find(line, b"Returned:  ").is_some() || (n >= 4 && line[n - 4] == b'.');
+    if !maybe || returned(line).is_some() || stamp(line).is_some() {
+        return None;
+    }
+    (1..n).find(|&i| match line[i] {
+        b'R' => returned(&line[i..]).is_some(),
+        b'P' | b'0'..=b'9' => stamp(&line[i..]).is_some(),
+        _ => false,
+    })
+}
+
+/// A decimal number: `Ok` if it fits `u64`, `Err(())` if it is too large.
+pub fn decimal(s: &[u8]) -> Result<u64, ()> {
+    let mut v: u64 = 0;
+    for &b in s {
+        v = v
+            .checked_mul(10)
+            .and_then(|v| v.checked_add(u64::from(b - b'0')))
+            .ok_or(())?;
+    }
+    Ok(v)
+}
+
+/// Hexadecimal digits (`[0-9a-fA-F]`): `Ok` if the value fits `u64`.
+pub fn hex(s: &[u8]) -> Result<u64, ()> {
+    let mut v: u64 = 0;
+    for &b in s {
+        let d = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            b'A'..=b'F' => b - b'A' + 10,
+            _ => return Err(()),
+        };
+        if v >> 60 != 0 {
+            return Err(());
+        }
+        v = (v << 4) | u64::from(d);
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        assert_eq!(header(b"12: C_Login"), Some((&b"12"[..], &b"C_Login"[..])));
+        assert!(header(b"12: C_Login x").is_none());
+        assert!(header(b": C_X").is_none());
+        let s = stamp(b"P:12; T:0x34 2024-01-02 03:04:05.678").unwrap();
+        assert_eq!((s.pid, s.tid), (Some(&b"12"[..]), Some(&b"34"[..])));
+        assert!(stamp(b"P:12; T:0x 2024-01-02 03:04:05.678").is_none());
+        assert!(stamp(b"2024-01-02 03:04:05.678").is_some());
+        assert!(stamp(b"2024-01-02 03:04:05.67").is_none());
+        assert_eq!(returned(b"Returned:  -5 CKR_OK"), Some((&b"-5"[..], &b"CKR_OK"[..])));
+        assert!(returned(b"Returned:  5 CKR_OK ").is_none());
+        assert!(body_start(b"[compat]") && !body_start(b"[compat] "));
+        assert!(body_start(b"0123abcd / 5") && !body_start(b"0123abcd0 / 5"));
+        assert!(body_start(b"Slot -1 x") && !body_start(b"Slot x"));
+        assert!(ends_with_stamp(b"x:12.345") && ends_with_stamp(b":12.345") && !ends_with_stamp(b"12.345"));
+        assert_eq!(split_at(b"[in] x = 1Returned:  0 CKR_OK"), Some(10));
+        assert_eq!(split_at(b"Returned:  0 CKR_OK"), None);
+        assert_eq!(classify(b"Loaded: \""), Kind::Foreign);
+        assert_eq!(decimal(b"18446744073709551615"), Ok(u64::MAX));
+        assert!(decimal(b"18446744073709551616").is_err());
+        assert!(hex(b"10000000000000000").is_err());
+    }
+}
