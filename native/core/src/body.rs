@@ -18,8 +18,10 @@ pub struct Fields {
     pub object: Option<Result<u64, ()>>,
     pub mechanism: Option<Vec<u8>>,
     pub user_type: Option<Vec<u8>>,
-    pub in_len: Option<Result<u64, ()>>,
-    pub out_len: Option<Result<u64, ()>>,
+    /// Sum of the buffers' lengths (wrapping, as Polars sums `UInt64`), and whether a length
+    /// fit no `u64` (it is left out of the sum).
+    pub in_len: Option<(u64, bool)>,
+    pub out_len: Option<(u64, bool)>,
     pub attributes: Vec<Vec<u8>>,
     pub created: Vec<Result<u64, ()>>,
     pub secrets: Vec<Vec<u8>>,
@@ -557,22 +559,22 @@ pub fn read(func: &[u8], body: &[u8]) -> Fields {
     f
 }
 
-fn sum(sizes: &[&[u8]]) -> Option<Result<u64, ()>> {
+fn sum(sizes: &[&[u8]]) -> Option<(u64, bool)> {
     if sizes.is_empty() {
         return None;
     }
-    let mut total: i128 = 0;
+    let mut total: u64 = 0;
+    let mut invalid = false;
     for s in sizes {
-        let (negative, d) = match s.strip_prefix(b"-") {
-            Some(d) => (true, d),
-            None => (false, *s),
-        };
-        let Ok(v) = crate::lines::decimal(d) else {
-            return Some(Err(()));
-        };
-        total += if negative { -i128::from(v) } else { i128::from(v) };
+        match s.first() {
+            Some(b'-') => invalid = true,
+            _ => match crate::lines::decimal(s) {
+                Ok(v) => total = total.wrapping_add(v),
+                Err(()) => invalid = true,
+            },
+        }
     }
-    Some(u64::try_from(total).map_err(|_| ()))
+    Some((total, invalid))
 }
 
 /// The templates (`TEMPLATE`): a head line and the lines up to the next `[` line or empty line.
@@ -631,7 +633,9 @@ fn template_values(lines: &[&[u8]]) -> Vec<Vec<u8>> {
                 j += 1;
             }
         }
-        i = end;
+        // A head with no line after it ends its match with its own newline, which is then
+        // not there to start a section on the next line (`_SECTION` starts with a newline).
+        i = if end == start { end + 1 } else { end };
     }
     out
 }
@@ -646,10 +650,10 @@ mod tests {
         let f = read(b"C_Sign", body);
         assert_eq!(f.session, Some(Ok(1)));
         assert_eq!(f.mechanism.as_deref(), Some(&b"CKM_RSA_PKCS"[..]));
-        assert_eq!(f.in_len, Some(Ok(5)));
+        assert_eq!(f.in_len, Some((5, false)));
         let body = b"\n[in] pData[ulDataLen] 00007f00 / 5\n[out] pSignature 0000000000007f10 / 256\n";
         let f = read(b"C_Sign", body);
-        assert_eq!((f.in_len, f.out_len), (Some(Ok(5)), Some(Ok(256))));
+        assert_eq!((f.in_len, f.out_len), (Some((5, false)), Some((256, false))));
         assert_eq!(f.secrets, vec![b"data:pData".to_vec()]);
     }
 

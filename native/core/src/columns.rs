@@ -185,17 +185,6 @@ pub struct Batch {
     last_line: u64,
 }
 
-fn unsigned(v: Option<u128>, column: &str, flags: &mut Vec<Vec<u8>>) -> Option<u64> {
-    let v = v?;
-    match u64::try_from(v) {
-        Ok(v) => Some(v),
-        Err(_) => {
-            flags.push(format!("out-of-range:{column}").into_bytes());
-            None
-        }
-    }
-}
-
 fn checked(v: Option<Result<u64, ()>>, column: &str, flags: &mut Vec<Vec<u8>>) -> Option<u64> {
     match v? {
         Ok(v) => Some(v),
@@ -204,6 +193,21 @@ fn checked(v: Option<Result<u64, ()>>, column: &str, flags: &mut Vec<Vec<u8>>) -
             None
         }
     }
+}
+
+/// `records.unsigned`: a printed number as the `CK_ULONG` it stands for (a negative `CK_RV` is
+/// a 32-bit, else a 64-bit, `long`'s rendering); `Err`: none fits.
+fn unsigned(v: i128) -> Result<u64, ()> {
+    if let Ok(v) = u64::try_from(v) {
+        return Ok(v);
+    }
+    if (-(1i128 << 31)..0).contains(&v) {
+        return u64::try_from(v + (1i128 << 32)).map_err(|_| ());
+    }
+    if (-(1i128 << 63)..0).contains(&v) {
+        return u64::try_from(v + (1i128 << 64)).map_err(|_| ());
+    }
+    Err(())
 }
 
 impl Batch {
@@ -228,61 +232,63 @@ impl Batch {
             secrets,
             mut flags,
         } = body::read(row.func, row.body);
-        let mut range = Vec::new();
         if row.line < self.last_line {
             self.sorted = false;
         }
         self.last_line = row.line;
         self.rows += 1;
+        // flags: the template's (or session's), then numbers out of range in the body's
+        // columns, then in the record's frame, then a bad stamp (`grammars.body._FLAGS`)
+        self.slot.push(checked(slot, "slot", &mut flags));
+        self.session.push(checked(session, "session", &mut flags));
+        self.object.push(checked(object, "object", &mut flags));
+        let handles: Vec<u64> = created.iter().filter_map(|c| c.ok()).collect();
+        if handles.len() != created.len() {
+            flags.push(b"out-of-range:created".to_vec());
+        }
+        self.created.push(&handles);
+        for (column, name, len) in [(&mut self.in_len, "in_len", in_len), (&mut self.out_len, "out_len", out_len)] {
+            if let Some((_, true)) = len {
+                flags.push(format!("out-of-range:{name}").into_bytes());
+            }
+            column.push(len.map(|(sum, _)| sum));
+        }
+        let frame = |v: Option<i128>, name: &str, flags: &mut Vec<Vec<u8>>| -> Option<u64> {
+            checked(v.map(unsigned), name, flags)
+        };
         self.process.push(row.process);
-        let pid = unsigned(row.pid, "pid", &mut range);
+        let pid = frame(row.pid.map(big), "pid", &mut flags);
         self.pid.push(pid);
-        let tid = unsigned(row.tid, "tid", &mut range);
+        let tid = frame(row.tid.map(big), "tid", &mut flags);
         self.tid.push(tid);
-        self.seq.push(Some(u64::try_from(row.seq).unwrap_or(u64::MAX)));
+        let rv = frame(row.rv.map(|(v, _)| v), "rv", &mut flags);
+        self.rv.push(rv);
+        let seq = u64::try_from(row.seq).ok().filter(|&s| s <= i64::MAX as u64);
+        if seq.is_none() {
+            flags.push(b"out-of-range:seq".to_vec());
+        }
+        self.seq.push(seq);
         self.line.push(Some(row.line));
         let ts = row.ts.and_then(millis);
         if row.ts.is_some() && ts.is_none() {
-            range.push(b"bad-timestamp".to_vec());
+            flags.push(b"bad-timestamp".to_vec());
         }
         self.ts.push(ts.map(|v| v as u64));
         self.func.push(Some(row.func));
-        let rv = row.rv.and_then(|(v, _)| match u64::try_from(v) {
-            Ok(v) => Some(v),
-            Err(_) => {
-                range.push(b"out-of-range:rv".to_vec());
-                None
-            }
-        });
-        self.rv.push(rv);
         self.rv_name.push(row.rv.map(|(_, name)| name));
         self.complete.push(row.rv.is_some());
-        self.slot.push(checked(slot, "slot", &mut range));
-        self.session.push(checked(session, "session", &mut range));
-        self.object.push(checked(object, "object", &mut range));
         self.mechanism.push(mechanism.as_deref());
         self.user_type.push(user_type.as_deref());
-        self.in_len.push(checked(in_len, "in_len", &mut range));
-        self.out_len.push(checked(out_len, "out_len", &mut range));
         self.attributes.push(&attributes);
-        let mut handles = Vec::with_capacity(created.len());
-        let mut created_out_of_range = false;
-        for c in created {
-            match c {
-                Ok(v) => handles.push(v),
-                Err(()) => created_out_of_range = true,
-            }
-        }
-        if created_out_of_range {
-            range.push(b"out-of-range:created".to_vec());
-        }
-        self.created.push(&handles);
         self.end_line.push(Some(row.end_line));
         self.uncertain.push(row.uncertain);
         self.secrets.push(&secrets);
-        flags.extend(range);
         self.flags.push(&flags);
     }
+}
+
+fn big(v: u128) -> i128 {
+    i128::try_from(v).unwrap_or(i128::MAX)
 }
 
 /// Milliseconds since 1970 of a `YYYY-MM-DD HH:MM:SS.mmm` stamp, as Polars' `to_datetime`
@@ -294,6 +300,9 @@ pub fn millis(s: &[u8]) -> Option<i64> {
     let num = |a: usize, b: usize| -> i64 { s[a..b].iter().fold(0, |v, &d| v * 10 + i64::from(d.wrapping_sub(b'0'))) };
     let (y, m, d) = (num(0, 4), num(5, 7), num(8, 10));
     let (hh, mm, ss, ms) = (num(11, 13), num(14, 16), num(17, 19), num(20, 23));
+    if y < 1 {
+        return None; // years 1-9999 are what every reader takes (`store._stamps`)
+    }
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
     let days_in = match m {
         1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
@@ -323,7 +332,7 @@ mod tests {
     #[test]
     fn stamps() {
         assert_eq!(millis(b"2024-01-01 23:59:60.123"), Some(1_704_153_600_123));
-        assert_eq!(millis(b"0000-01-01 00:00:00.000"), Some(-62_167_219_200_000));
+        assert_eq!(millis(b"0000-01-01 00:00:00.000"), None);
         assert_eq!(millis(b"2024-02-30 10:00:00.000"), None);
         assert_eq!(millis(b"2000-02-29 00:00:00.000"), Some(951_782_400_000));
         assert_eq!(millis(b"1900-02-29 00:00:00.000"), None);
