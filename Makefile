@@ -3,10 +3,14 @@
 #   make test   set up, then run the test suite against real SoftHSM2 + pkcs11-spy
 VENV ?= .venv
 PY := $(VENV)/bin/python
+CARGO_HOME ?= $(HOME)/.cargo
+export PATH := $(CARGO_HOME)/bin:$(PATH)
+NATIVE_SOURCES := $(shell find native -name '*.rs' -not -path '*/target/*' -o -name Cargo.toml -not -path '*/target/*')
 
 .PHONY: setup system-deps demo test bench clean sample-logs
 
-$(VENV)/.installed: pyproject.toml
+# pip builds the native engine (native/, Rust) through maturin: a change there re-installs.
+$(VENV)/.installed: pyproject.toml $(NATIVE_SOURCES)
 	python3 -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -e '.[test]'
@@ -21,6 +25,7 @@ demo: setup
 	$(VENV)/bin/p11lens run sample-logs/*.log -o out
 
 test: setup
+	cargo test -q --manifest-path native/Cargo.toml -p p11lens-core
 	$(VENV)/bin/pytest -q
 
 # Remake the small driver traces in sample-logs/ (real SoftHSM2 through pkcs11-spy, fixed seeds).
@@ -35,7 +40,7 @@ bench: setup
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) out .pytest_cache
+	rm -rf $(VENV) out .pytest_cache native/target
 
 # The long mutation fuzz of real traces (fuzz/run.py; issue 15): FUZZ_CASES cases, every
 # FUZZ_RUN_EVERY-th also through `p11lens run`; minimised findings and summary.json in out/fuzz/.

@@ -294,7 +294,10 @@ impl Assembler {
 
     /// A record whose header this assembler owns is still open or held.
     pub fn owns_open_records(&self) -> bool {
-        self.open.iter().chain(self.held.iter()).any(|r| r.line <= self.own_to)
+        self.open
+            .iter()
+            .chain(self.held.iter())
+            .any(|r| r.line <= self.own_to)
     }
 
     /// Consume one block (it starts at a line start; all but the input's last end in `\n`).
@@ -458,7 +461,8 @@ impl Assembler {
             let rec = &mut self.open[r];
             if parts.body.len() > 1 {
                 rec.body.push(b'\n');
-                rec.body.extend_from_slice(&parts.body[1..parts.body.len() - 1]);
+                rec.body
+                    .extend_from_slice(&parts.body[1..parts.body.len() - 1]);
             }
             rec.rv = Some((parts.rv, parts.rv_name.to_vec()));
             rec.end_line = last;
@@ -670,7 +674,13 @@ impl Assembler {
         let Some(pid) = pid else {
             return;
         };
-        if self.threads.get(&(pid, tid.unwrap_or(0))).copied().unwrap_or(0) < 2 {
+        if self
+            .threads
+            .get(&(pid, tid.unwrap_or(0)))
+            .copied()
+            .unwrap_or(0)
+            < 2
+        {
             return;
         }
         let same: Vec<u64> = self
@@ -685,7 +695,9 @@ impl Assembler {
             };
             let record_tid = self.open[r].tid;
             let taker = self.held.iter().rposition(|h| {
-                h.rv.is_some() && self.open[r].overlaps.iter().any(|o| o.0 == h.id) && h.tid != record_tid
+                h.rv.is_some()
+                    && self.open[r].overlaps.iter().any(|o| o.0 == h.id)
+                    && h.tid != record_tid
             });
             let Some(t) = taker else {
                 self.close(r, sink);
@@ -696,7 +708,10 @@ impl Assembler {
             self.open[r].rv = rv;
             self.open[r].end_line = taker.end_line;
             if let Some(tp) = taker.pid {
-                *self.threads.entry((tp, taker.tid.unwrap_or(0))).or_insert(0) += 1;
+                *self
+                    .threads
+                    .entry((tp, taker.tid.unwrap_or(0)))
+                    .or_insert(0) += 1;
             }
             self.open.insert(r, taker);
             self.close(r + 1, sink);
@@ -711,10 +726,18 @@ impl Assembler {
             *self.threads.entry((pid, rec.tid.unwrap_or(0))).or_insert(0) -= 1;
         }
         self.held.push(rec);
-        let claimants: Vec<u64> = self.active().filter(|o| o.tid.is_some()).map(|o| o.id).collect();
+        let claimants: Vec<u64> = self
+            .active()
+            .filter(|o| o.tid.is_some())
+            .map(|o| o.id)
+            .collect();
         let mut i = 0;
         while i < self.held.len() {
-            let free = claimants.is_empty() || !self.held[i].overlaps.iter().any(|o| claimants.contains(&o.0));
+            let free = claimants.is_empty()
+                || !self.held[i]
+                    .overlaps
+                    .iter()
+                    .any(|o| claimants.contains(&o.0));
             if free {
                 let rec = self.held.remove(i);
                 self.emit_open(rec, sink);

@@ -88,7 +88,9 @@ pub const DIALECTS: [&str; 5] = ["0.20-0.21", "0.22-0.23", "0.24-0.26", "0.24+",
 /// `spy.dialect_hints` of one block: a bit per `DIALECTS` entry.
 pub fn dialect_hints(text: &[u8]) -> u8 {
     let mut hints = 0;
-    if memmem::find(text, b"pMechanism->type=").is_some() || memmem::find(text, b"\npApplication=").is_some() {
+    if memmem::find(text, b"pMechanism->type=").is_some()
+        || memmem::find(text, b"\npApplication=").is_some()
+    {
         hints |= 1;
     }
     let has_pid = memmem::find_iter(text, b"\nP:").any(|i| {
@@ -114,7 +116,9 @@ pub fn dialect_hints(text: &[u8]) -> u8 {
         _ if has_pid => hints |= if width.is_some() { 1 << 2 } else { 1 << 3 },
         Some(_) => hints |= 1 << 1,
         None => {
-            if memmem::find(text, b"\n[compat]").is_some() || memmem::find(text, b"\n[in] pApplication = ").is_some() {
+            if memmem::find(text, b"\n[compat]").is_some()
+                || memmem::find(text, b"\n[in] pApplication = ").is_some()
+            {
                 hints |= 1 << 1;
             }
         }

@@ -6,16 +6,16 @@
 //! that reach into the next line (a template's entries, a secret entry's dump row) read on.
 
 use crate::enums::{MECHANISMS, USER_TYPES};
-use crate::lines::is_space;
+use crate::lines::{is_space, OutOfRange};
 use memchr::memmem;
 
 /// The fields one body gives (`grammars.body.FIELDS`); numbers too large for `u64` are
-/// `Err(())` (null in the table, and an `out-of-range:<column>` flag).
+/// `Err(OutOfRange)` (null in the table, and an `out-of-range:<column>` flag).
 #[derive(Debug, Default, PartialEq)]
 pub struct Fields {
-    pub slot: Option<Result<u64, ()>>,
-    pub session: Option<Result<u64, ()>>,
-    pub object: Option<Result<u64, ()>>,
+    pub slot: Option<Result<u64, OutOfRange>>,
+    pub session: Option<Result<u64, OutOfRange>>,
+    pub object: Option<Result<u64, OutOfRange>>,
     pub mechanism: Option<Vec<u8>>,
     pub user_type: Option<Vec<u8>>,
     /// Sum of the buffers' lengths (wrapping, as Polars sums `UInt64`), and whether a length
@@ -23,7 +23,7 @@ pub struct Fields {
     pub in_len: Option<(u64, bool)>,
     pub out_len: Option<(u64, bool)>,
     pub attributes: Vec<Vec<u8>>,
-    pub created: Vec<Result<u64, ()>>,
+    pub created: Vec<Result<u64, OutOfRange>>,
     pub secrets: Vec<Vec<u8>>,
     pub flags: Vec<Vec<u8>>,
 }
@@ -42,15 +42,33 @@ fn hex_after<'a>(line: &'a [u8], prefix: &[u8]) -> Option<&'a [u8]> {
 }
 
 const IN_OBJECT: &[&[u8]] = &[
-    b"hKey", b"hObject", b"hBaseKey", b"hWrappingKey", b"hUnwrappingKey", b"hPublicKey", b"hPrivateKey",
-    b"*phSession", b"*phObject", b"*phNewObject", b"phKey",
+    b"hKey",
+    b"hObject",
+    b"hBaseKey",
+    b"hWrappingKey",
+    b"hUnwrappingKey",
+    b"hPublicKey",
+    b"hPrivateKey",
+    b"*phSession",
+    b"*phObject",
+    b"*phNewObject",
+    b"phKey",
 ];
-const CREATED_OUT: &[&[u8]] = &[b"*phObject", b"*phNewObject", b"hKey", b"hPublicKey", b"hPrivateKey", b"phKey"];
+const CREATED_OUT: &[&[u8]] = &[
+    b"*phObject",
+    b"*phNewObject",
+    b"hKey",
+    b"hPublicKey",
+    b"hPrivateKey",
+    b"phKey",
+];
 
 /// `[dir] NAME = 0x…` with NAME one of `names`: the hex digits.
 fn handle<'a>(line: &'a [u8], dir: &[u8], names: &[&[u8]]) -> Option<&'a [u8]> {
     let rest = line.strip_prefix(dir)?;
-    names.iter().find_map(|name| hex_after(rest.strip_prefix(*name)?, b" = "))
+    names
+        .iter()
+        .find_map(|name| hex_after(rest.strip_prefix(*name)?, b" = "))
 }
 
 fn non_space_run(s: &[u8]) -> usize {
@@ -149,7 +167,10 @@ fn buffer(line: &[u8]) -> Option<Buffer<'_>> {
         Some(b) if b.is_ascii_alphabetic() || *b == b'*' => {}
         _ => return None,
     }
-    let n = rest.iter().take_while(|&&b| !is_space(b) && b != b'[').count();
+    let n = rest
+        .iter()
+        .take_while(|&&b| !is_space(b) && b != b'[')
+        .count();
     let name = &rest[..n];
     let mut r = &rest[n..];
     if r.first() == Some(&b'[') {
@@ -159,7 +180,10 @@ fn buffer(line: &[u8]) -> Option<Buffer<'_>> {
         }
         r = &r[close + 1..];
     }
-    let found = r.strip_prefix(b" =").and_then(buffer_form).or_else(|| buffer_form(r))?;
+    let found = r
+        .strip_prefix(b" =")
+        .and_then(buffer_form)
+        .or_else(|| buffer_form(r))?;
     Some(Buffer {
         incoming,
         name,
@@ -171,34 +195,37 @@ fn buffer(line: &[u8]) -> Option<Buffer<'_>> {
 /// The rest of `BUFFER` after the name: ` address / length`, ` NULL [size : 0x… (length)]`
 /// or ` EMPTY`; the length, and whether it is an address form's length above 0.
 fn buffer_form(r: &[u8]) -> Option<(Size<'_>, bool)> {
-        let r = r.strip_prefix(b" ")?;
-        let h = lower_hex_len(r);
-        if h >= 8 {
-            for width in [16, 8] {
-                if h >= width {
-                    if let Some(len) = r[width..].strip_prefix(b" / ") {
-                        let d = signed_digits(len);
-                        if d > 0 {
-                            let digits = &len[..d];
-                            let positive = digits[0] != b'-' && digits.iter().any(|&b| b != b'0');
-                            return Some((Size::Length(digits), positive));
-                        }
+    let r = r.strip_prefix(b" ")?;
+    let h = lower_hex_len(r);
+    if h >= 8 {
+        for width in [16, 8] {
+            if h >= width {
+                if let Some(len) = r[width..].strip_prefix(b" / ") {
+                    let d = signed_digits(len);
+                    if d > 0 {
+                        let digits = &len[..d];
+                        let positive = digits[0] != b'-' && digits.iter().any(|&b| b != b'0');
+                        return Some((Size::Length(digits), positive));
                     }
                 }
             }
         }
-        if let Some(n) = r.strip_prefix(b"NULL [size : 0x") {
-            let x = n.iter().take_while(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F')).count();
-            if x > 0 {
-                if let Some(p) = n[x..].strip_prefix(b" (") {
-                    let d = signed_digits(p);
-                    if d > 0 && p[d..].starts_with(b")]") {
-                        return Some((Size::Length(&p[..d]), false));
-                    }
+    }
+    if let Some(n) = r.strip_prefix(b"NULL [size : 0x") {
+        let x = n
+            .iter()
+            .take_while(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+            .count();
+        if x > 0 {
+            if let Some(p) = n[x..].strip_prefix(b" (") {
+                let d = signed_digits(p);
+                if d > 0 && p[d..].starts_with(b")]") {
+                    return Some((Size::Length(&p[..d]), false));
                 }
             }
         }
-        r.starts_with(b"EMPTY").then_some((Size::Empty, false))
+    }
+    r.starts_with(b"EMPTY").then_some((Size::Empty, false))
 }
 
 /// A template head line, `\[(in|out)\] [A-Za-z0-9_]+\[[0-9]+\]: ?`, the whole line: its
@@ -251,8 +278,14 @@ fn entry(line: &[u8]) -> Option<&[u8]> {
 }
 
 const SECRET_NAMES: &[&[u8]] = &[
-    b"CKA_VALUE", b"CKA_PRIVATE_EXPONENT", b"CKA_PRIME_1", b"CKA_PRIME_2", b"CKA_EXPONENT_1", b"CKA_EXPONENT_2",
-    b"CKA_COEFFICIENT", b"CKA_SEED",
+    b"CKA_VALUE",
+    b"CKA_PRIVATE_EXPONENT",
+    b"CKA_PRIME_1",
+    b"CKA_PRIME_2",
+    b"CKA_EXPONENT_1",
+    b"CKA_EXPONENT_2",
+    b"CKA_COEFFICIENT",
+    b"CKA_SEED",
 ];
 
 /// `SECRET_ENTRY`: this line `    NAME +[0-9a-f]{8,16} / [1-9][0-9]*` and the next starts
@@ -286,17 +319,38 @@ const ALWAYS_SECRET: &[(&[u8], &[u8])] = &[
     (b"pSeed", b"seed"),
     (b"pOperationState", b"op-state"),
 ];
-const DATA_NAMES: &[&[u8]] = &[b"pData", b"pPart", b"pLastPart", b"pPlaintext", b"pPlaintextPart"];
+const DATA_NAMES: &[&[u8]] = &[
+    b"pData",
+    b"pPart",
+    b"pLastPart",
+    b"pPlaintext",
+    b"pPlaintextPart",
+];
 const ENCRYPT_FUNCS: &[&[u8]] = &[
-    b"C_Encrypt", b"C_EncryptUpdate", b"C_DigestEncryptUpdate", b"C_SignEncryptUpdate", b"C_EncryptMessage",
+    b"C_Encrypt",
+    b"C_EncryptUpdate",
+    b"C_DigestEncryptUpdate",
+    b"C_SignEncryptUpdate",
+    b"C_EncryptMessage",
     b"C_EncryptMessageNext",
 ];
 const DECRYPT_FUNCS: &[&[u8]] = &[
-    b"C_Decrypt", b"C_DecryptUpdate", b"C_DecryptFinal", b"C_DecryptDigestUpdate", b"C_DecryptVerifyUpdate",
-    b"C_DecryptMessage", b"C_DecryptMessageNext", b"C_VerifyRecover",
+    b"C_Decrypt",
+    b"C_DecryptUpdate",
+    b"C_DecryptFinal",
+    b"C_DecryptDigestUpdate",
+    b"C_DecryptVerifyUpdate",
+    b"C_DecryptMessage",
+    b"C_DecryptMessageNext",
+    b"C_VerifyRecover",
 ];
 const VALUE_FUNCS: &[&[u8]] = &[
-    b"C_GenerateKey", b"C_GenerateKeyPair", b"C_CreateObject", b"C_CopyObject", b"C_UnwrapKey", b"C_DeriveKey",
+    b"C_GenerateKey",
+    b"C_GenerateKeyPair",
+    b"C_CreateObject",
+    b"C_CopyObject",
+    b"C_UnwrapKey",
+    b"C_DeriveKey",
 ];
 
 fn secret_kind(name: &[u8], incoming: bool, func: &[u8]) -> Option<&'static [u8]> {
@@ -309,7 +363,9 @@ fn secret_kind(name: &[u8], incoming: bool, func: &[u8]) -> Option<&'static [u8]
     if (incoming && ENCRYPT_FUNCS.contains(&func)) || (!incoming && DECRYPT_FUNCS.contains(&func)) {
         return Some(b"plaintext");
     }
-    let signish = [&b"C_Sign"[..], b"C_Verify", b"C_Digest"].iter().any(|p| func.starts_with(p));
+    let signish = [&b"C_Sign"[..], b"C_Verify", b"C_Digest"]
+        .iter()
+        .any(|p| func.starts_with(p));
     (incoming && signish).then_some(b"data")
 }
 
@@ -357,7 +413,12 @@ fn value_entry(line: &[u8], next: Option<&[u8]>) -> Option<(Vec<u8>, Vec<u8>)> {
     let row = next?.strip_prefix(b"    00000000  ")?;
     let mut bytes = Vec::new();
     let mut r = row;
-    while bytes.len() < 8 && r.len() >= 3 && r[0].is_ascii_hexdigit() && r[1].is_ascii_hexdigit() && r[2] == b' ' {
+    while bytes.len() < 8
+        && r.len() >= 3
+        && r[0].is_ascii_hexdigit()
+        && r[1].is_ascii_hexdigit()
+        && r[2] == b' '
+    {
         if r[0].is_ascii_lowercase() || r[1].is_ascii_lowercase() {
             break;
         }
@@ -397,7 +458,11 @@ fn py_hex(text: &[u8]) -> Option<u64> {
     } else {
         t
     };
-    if t.is_empty() || t.first() == Some(&b'_') || t.last() == Some(&b'_') || memmem::find(t, b"__").is_some() {
+    if t.is_empty()
+        || t.first() == Some(&b'_')
+        || t.last() == Some(&b'_')
+        || memmem::find(t, b"__").is_some()
+    {
         return None;
     }
     let digits: Vec<u8> = t.iter().copied().filter(|&b| b != b'_').collect();
@@ -430,7 +495,9 @@ pub fn mechanism_name(text: &[u8]) -> Vec<u8> {
 /// `records.user_type_name`.
 pub fn user_type_name(text: &[u8]) -> Vec<u8> {
     match text.strip_prefix(b"0x") {
-        Some(d) => enum_name(USER_TYPES, d).map_or_else(|| text.to_vec(), |n| n.as_bytes().to_vec()),
+        Some(d) => {
+            enum_name(USER_TYPES, d).map_or_else(|| text.to_vec(), |n| n.as_bytes().to_vec())
+        }
         None => text.to_vec(),
     }
 }
@@ -444,8 +511,16 @@ struct Template {
 /// Read the fields of one body (`func`: the record's function).
 pub fn read(func: &[u8], body: &[u8]) -> Fields {
     let mut f = Fields::default();
-    let inner = if body.len() >= 2 { &body[1..body.len() - 1] } else { &[][..] };
-    let lines: Vec<&[u8]> = if body.len() >= 2 { inner.split(|&b| b == b'\n').collect() } else { Vec::new() };
+    let inner = if body.len() >= 2 {
+        &body[1..body.len() - 1]
+    } else {
+        &[][..]
+    };
+    let lines: Vec<&[u8]> = if body.len() >= 2 {
+        inner.split(|&b| b == b'\n').collect()
+    } else {
+        Vec::new()
+    };
     let login = func == b"C_Login" || func == b"C_LoginUser";
     let templated = memmem::find(body, b"emplate[").is_some();
     let mut session_out = None;
@@ -514,7 +589,10 @@ pub fn read(func: &[u8], body: &[u8]) -> Fields {
         }
     }
     f.session = session_out.or(session_in).map(crate::lines::hex);
-    if mech.is_none() && func == b"C_GetMechanismInfo" && memmem::find(body, b"pMechanism").is_none() {
+    if mech.is_none()
+        && func == b"C_GetMechanismInfo"
+        && memmem::find(body, b"pMechanism").is_none()
+    {
         mech = lines.iter().find_map(|l| mechanism_info(l));
     }
     f.mechanism = mech.map(mechanism_name);
@@ -525,19 +603,30 @@ pub fn read(func: &[u8], body: &[u8]) -> Fields {
     if templated {
         let templates = templates(&lines);
         for t in templates.iter().filter(|t| t.incoming) {
-            f.attributes.extend(lines[t.lines.clone()].iter().filter_map(|l| entry(l)).map(<[u8]>::to_vec));
+            f.attributes.extend(
+                lines[t.lines.clone()]
+                    .iter()
+                    .filter_map(|l| entry(l))
+                    .map(<[u8]>::to_vec),
+            );
         }
-        let any_secret = (0..lines.len()).any(|i| secret_entry(lines[i], lines.get(i + 1).copied()).is_some());
+        let any_secret =
+            (0..lines.len()).any(|i| secret_entry(lines[i], lines.get(i + 1).copied()).is_some());
         if any_secret {
             for t in &templates {
                 let text = &lines[t.lines.start.saturating_sub(1)..t.lines.end];
                 if text.iter().any(|l| {
-                    memmem::find(l, b"CKO_CERTIFICATE").is_some() || memmem::find(l, b"CKO_PUBLIC_KEY").is_some()
+                    memmem::find(l, b"CKO_CERTIFICATE").is_some()
+                        || memmem::find(l, b"CKO_PUBLIC_KEY").is_some()
                 }) {
                     continue;
                 }
                 for i in t.lines.clone() {
-                    let next = if i + 1 < t.lines.end { Some(lines[i + 1]) } else { None };
+                    let next = if i + 1 < t.lines.end {
+                        Some(lines[i + 1])
+                    } else {
+                        None
+                    };
                     if let Some(name) = secret_entry(lines[i], next) {
                         let mut s = b"key:".to_vec();
                         s.extend_from_slice(name);
@@ -551,8 +640,15 @@ pub fn read(func: &[u8], body: &[u8]) -> Fields {
         }
     } else if let Some(h) = flags_hex {
         // CKF_RW_SESSION is bit 1: the last hex digit tells it, whatever the number's size
-        let rw = h.last().and_then(|&b| crate::lines::hex(&[b]).ok()).is_some_and(|v| v & 2 != 0);
-        f.flags = vec![if rw { b"CKF_RW_SESSION=True".to_vec() } else { b"CKF_RW_SESSION=False".to_vec() }];
+        let rw = h
+            .last()
+            .and_then(|&b| crate::lines::hex(&[b]).ok())
+            .is_some_and(|v| v & 2 != 0);
+        f.flags = vec![if rw {
+            b"CKF_RW_SESSION=True".to_vec()
+        } else {
+            b"CKF_RW_SESSION=False".to_vec()
+        }];
     }
     f.secrets = buffer_secrets;
     f.secrets.extend(key_secrets);
@@ -570,7 +666,7 @@ fn sum(sizes: &[&[u8]]) -> Option<(u64, bool)> {
             Some(b'-') => invalid = true,
             _ => match crate::lines::decimal(s) {
                 Ok(v) => total = total.wrapping_add(v),
-                Err(()) => invalid = true,
+                Err(OutOfRange) => invalid = true,
             },
         }
     }
@@ -618,7 +714,11 @@ fn template_values(lines: &[&[u8]]) -> Vec<Vec<u8>> {
         if incoming {
             let mut j = start;
             while j < end {
-                let next = if j + 1 < end { Some(lines[j + 1]) } else { None };
+                let next = if j + 1 < end {
+                    Some(lines[j + 1])
+                } else {
+                    None
+                };
                 if let Some((attr, value)) = value_entry(lines[j], next) {
                     let mut s = Vec::new();
                     if name != b"pTemplate" {
@@ -651,17 +751,27 @@ mod tests {
         assert_eq!(f.session, Some(Ok(1)));
         assert_eq!(f.mechanism.as_deref(), Some(&b"CKM_RSA_PKCS"[..]));
         assert_eq!(f.in_len, Some((5, false)));
-        let body = b"\n[in] pData[ulDataLen] 00007f00 / 5\n[out] pSignature 0000000000007f10 / 256\n";
+        let body =
+            b"\n[in] pData[ulDataLen] 00007f00 / 5\n[out] pSignature 0000000000007f10 / 256\n";
         let f = read(b"C_Sign", body);
-        assert_eq!((f.in_len, f.out_len), (Some((5, false)), Some((256, false))));
+        assert_eq!(
+            (f.in_len, f.out_len),
+            (Some((5, false)), Some((256, false)))
+        );
         assert_eq!(f.secrets, vec![b"data:pData".to_vec()]);
     }
 
     #[test]
     fn names() {
-        assert_eq!(mechanism_name(b"0x00000252"), b"CKM_SHA256_HMAC_GENERAL".to_vec());
+        assert_eq!(
+            mechanism_name(b"0x00000252"),
+            b"CKM_SHA256_HMAC_GENERAL".to_vec()
+        );
         assert_eq!(mechanism_name(b"0xfffffff0"), b"0xfffffff0".to_vec());
-        assert_eq!(mechanism_name(b"Unknown Mechanism (8000ab)"), b"0x8000AB".to_vec());
+        assert_eq!(
+            mechanism_name(b"Unknown Mechanism (8000ab)"),
+            b"0x8000AB".to_vec()
+        );
         assert_eq!(user_type_name(b"0x00000001"), b"CKU_USER".to_vec());
     }
 }

@@ -2,6 +2,7 @@
 //! offsets), filled a row at a time and handed over a batch at a time.
 
 use crate::body::{self, Fields};
+use crate::lines::OutOfRange;
 
 #[derive(Default, Debug, Clone)]
 pub struct Bits {
@@ -12,7 +13,7 @@ pub struct Bits {
 
 impl Bits {
     pub fn push(&mut self, on: bool) {
-        if self.len % 8 == 0 {
+        if self.len.is_multiple_of(8) {
             self.bytes.push(0);
         }
         if on {
@@ -64,7 +65,8 @@ impl Strings {
     pub fn push_value(&mut self, latin1: &[u8]) {
         let room = (i32::MAX as usize).saturating_sub(self.data.len());
         if latin1.is_ascii() {
-            self.data.extend_from_slice(&latin1[..latin1.len().min(room)]);
+            self.data
+                .extend_from_slice(&latin1[..latin1.len().min(room)]);
         } else {
             for &b in latin1 {
                 let need = if b < 0x80 { 1 } else { 2 };
@@ -79,13 +81,16 @@ impl Strings {
                 }
             }
         }
-        self.offsets.push(i32::try_from(self.data.len()).unwrap_or(i32::MAX));
+        self.offsets
+            .push(i32::try_from(self.data.len()).unwrap_or(i32::MAX));
     }
 
     pub fn push(&mut self, v: Option<&[u8]>) {
         match v {
             Some(s) => self.push_value(s),
-            None => self.offsets.push(i32::try_from(self.data.len()).unwrap_or(i32::MAX)),
+            None => self
+                .offsets
+                .push(i32::try_from(self.data.len()).unwrap_or(i32::MAX)),
         }
         self.valid.push(v.is_some());
     }
@@ -114,7 +119,8 @@ impl<T: Default> Default for Lists<T> {
 impl<T> Lists<T> {
     fn close(&mut self, added: usize) {
         self.count += added;
-        self.offsets.push(i32::try_from(self.count).unwrap_or(i32::MAX));
+        self.offsets
+            .push(i32::try_from(self.count).unwrap_or(i32::MAX));
         self.valid.push(added > 0);
     }
 }
@@ -185,10 +191,14 @@ pub struct Batch {
     last_line: u64,
 }
 
-fn checked(v: Option<Result<u64, ()>>, column: &str, flags: &mut Vec<Vec<u8>>) -> Option<u64> {
+fn checked(
+    v: Option<Result<u64, OutOfRange>>,
+    column: &str,
+    flags: &mut Vec<Vec<u8>>,
+) -> Option<u64> {
     match v? {
         Ok(v) => Some(v),
-        Err(()) => {
+        Err(OutOfRange) => {
             flags.push(format!("out-of-range:{column}").into_bytes());
             None
         }
@@ -197,17 +207,17 @@ fn checked(v: Option<Result<u64, ()>>, column: &str, flags: &mut Vec<Vec<u8>>) -
 
 /// `records.unsigned`: a printed number as the `CK_ULONG` it stands for (a negative `CK_RV` is
 /// a 32-bit, else a 64-bit, `long`'s rendering); `Err`: none fits.
-fn unsigned(v: i128) -> Result<u64, ()> {
+fn unsigned(v: i128) -> Result<u64, OutOfRange> {
     if let Ok(v) = u64::try_from(v) {
         return Ok(v);
     }
     if (-(1i128 << 31)..0).contains(&v) {
-        return u64::try_from(v + (1i128 << 32)).map_err(|_| ());
+        return u64::try_from(v + (1i128 << 32)).map_err(|_| OutOfRange);
     }
     if (-(1i128 << 63)..0).contains(&v) {
-        return u64::try_from(v + (1i128 << 64)).map_err(|_| ());
+        return u64::try_from(v + (1i128 << 64)).map_err(|_| OutOfRange);
     }
-    Err(())
+    Err(OutOfRange)
 }
 
 impl Batch {
@@ -247,7 +257,10 @@ impl Batch {
             flags.push(b"out-of-range:created".to_vec());
         }
         self.created.push(&handles);
-        for (column, name, len) in [(&mut self.in_len, "in_len", in_len), (&mut self.out_len, "out_len", out_len)] {
+        for (column, name, len) in [
+            (&mut self.in_len, "in_len", in_len),
+            (&mut self.out_len, "out_len", out_len),
+        ] {
             if let Some((_, true)) = len {
                 flags.push(format!("out-of-range:{name}").into_bytes());
             }
@@ -263,7 +276,9 @@ impl Batch {
         self.tid.push(tid);
         let rv = frame(row.rv.map(|(v, _)| v), "rv", &mut flags);
         self.rv.push(rv);
-        let seq = u64::try_from(row.seq).ok().filter(|&s| s <= i64::MAX as u64);
+        let seq = u64::try_from(row.seq)
+            .ok()
+            .filter(|&s| s <= i64::MAX as u64);
         if seq.is_none() {
             flags.push(b"out-of-range:seq".to_vec());
         }
@@ -297,7 +312,11 @@ pub fn millis(s: &[u8]) -> Option<i64> {
     if s.len() != 23 {
         return None;
     }
-    let num = |a: usize, b: usize| -> i64 { s[a..b].iter().fold(0, |v, &d| v * 10 + i64::from(d.wrapping_sub(b'0'))) };
+    let num = |a: usize, b: usize| -> i64 {
+        s[a..b]
+            .iter()
+            .fold(0, |v, &d| v * 10 + i64::from(d.wrapping_sub(b'0')))
+    };
     let (y, m, d) = (num(0, 4), num(5, 7), num(8, 10));
     let (hh, mm, ss, ms) = (num(11, 13), num(14, 16), num(17, 19), num(20, 23));
     if y < 1 {

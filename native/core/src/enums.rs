@@ -339,8 +339,5 @@ pub static MECHANISMS: &[(u64, &str)] = &[
     (0x80000000, "CKM__VENDOR_DEFINED"),
 ];
 
-pub static USER_TYPES: &[(u64, &str)] = &[
-    (0x0, "CKU_SO"),
-    (0x1, "CKU_USER"),
-    (0x3e7, "CKU_NOBODY"),
-];
+pub static USER_TYPES: &[(u64, &str)] =
+    &[(0x0, "CKU_SO"), (0x1, "CKU_USER"), (0x3e7, "CKU_NOBODY")];

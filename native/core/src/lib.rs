@@ -28,7 +28,8 @@ impl Sink for Batches {
     fn row(&mut self, row: &Row<'_>) {
         self.current.push(row);
         if self.current.rows >= self.rows {
-            self.done.push(std::mem::replace(&mut self.current, Batch::new()));
+            self.done
+                .push(std::mem::replace(&mut self.current, Batch::new()));
         }
     }
 }
@@ -82,7 +83,9 @@ impl Scanner {
             hint_bytes,
             cut_bytes,
         } = self;
-        cutter.read(chunk, &mut |raw| Self::block(assembler, batches, dialects, *hint_bytes, cut_bytes, raw));
+        cutter.read(chunk, &mut |raw| {
+            Self::block(assembler, batches, dialects, *hint_bytes, cut_bytes, raw)
+        });
     }
 
     fn block(
@@ -112,7 +115,9 @@ impl Scanner {
             hint_bytes,
             cut_bytes,
         } = self;
-        cutter.finish(&mut |raw| Self::block(assembler, batches, dialects, *hint_bytes, cut_bytes, raw));
+        cutter.finish(&mut |raw| {
+            Self::block(assembler, batches, dialects, *hint_bytes, cut_bytes, raw)
+        });
         self.assembler.finish(&mut self.batches);
         if self.batches.current.rows > 0 {
             let last = std::mem::replace(&mut self.batches.current, Batch::new());

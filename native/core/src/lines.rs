@@ -119,7 +119,10 @@ pub fn body_start(line: &[u8]) -> bool {
     match first {
         b' ' | b'\t' | b'}' => true,
         b'[' => line.starts_with(b"[in] ") || line.starts_with(b"[out] ") || line == b"[compat]",
-        b'C' => line.starts_with(b"CKM_") || (line.starts_with(b"Count is ") && line.get(9).is_some_and(u8::is_ascii_digit)),
+        b'C' => {
+            line.starts_with(b"CKM_")
+                || (line.starts_with(b"Count is ") && line.get(9).is_some_and(u8::is_ascii_digit))
+        }
         b'U' => line.starts_with(b"Unknown Mechanism ("),
         b'S' => {
             line.starts_with(b"Slot ") && {
@@ -207,7 +210,8 @@ pub fn classify(unit: &[u8]) -> Kind {
 /// off into a unit of its own; returns where the second unit starts, if there is one.
 pub fn split_at(line: &[u8]) -> Option<usize> {
     let n = line.len();
-    let maybe = memchr::memmem::find(line, b"Returned:  ").is_some() || (n >= 4 && line[n - 4] == b'.');
+    let maybe =
+        memchr::memmem::find(line, b"Returned:  ").is_some() || (n >= 4 && line[n - 4] == b'.');
     if !maybe || returned(line).is_some() || stamp(line).is_some() {
         return None;
     }
@@ -218,30 +222,34 @@ pub fn split_at(line: &[u8]) -> Option<usize> {
     })
 }
 
-/// A decimal number: `Ok` if it fits `u64`, `Err(())` if it is too large.
-pub fn decimal(s: &[u8]) -> Result<u64, ()> {
+/// A number too large for its column.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutOfRange;
+
+/// A decimal number: `Ok` if it fits `u64`, `Err(OutOfRange)` if it is too large.
+pub fn decimal(s: &[u8]) -> Result<u64, OutOfRange> {
     let mut v: u64 = 0;
     for &b in s {
         v = v
             .checked_mul(10)
             .and_then(|v| v.checked_add(u64::from(b - b'0')))
-            .ok_or(())?;
+            .ok_or(OutOfRange)?;
     }
     Ok(v)
 }
 
 /// Hexadecimal digits (`[0-9a-fA-F]`): `Ok` if the value fits `u64`.
-pub fn hex(s: &[u8]) -> Result<u64, ()> {
+pub fn hex(s: &[u8]) -> Result<u64, OutOfRange> {
     let mut v: u64 = 0;
     for &b in s {
         let d = match b {
             b'0'..=b'9' => b - b'0',
             b'a'..=b'f' => b - b'a' + 10,
             b'A'..=b'F' => b - b'A' + 10,
-            _ => return Err(()),
+            _ => return Err(OutOfRange),
         };
         if v >> 60 != 0 {
-            return Err(());
+            return Err(OutOfRange);
         }
         v = (v << 4) | u64::from(d);
     }
@@ -262,12 +270,19 @@ mod tests {
         assert!(stamp(b"P:12; T:0x 2024-01-02 03:04:05.678").is_none());
         assert!(stamp(b"2024-01-02 03:04:05.678").is_some());
         assert!(stamp(b"2024-01-02 03:04:05.67").is_none());
-        assert_eq!(returned(b"Returned:  -5 CKR_OK"), Some((&b"-5"[..], &b"CKR_OK"[..])));
+        assert_eq!(
+            returned(b"Returned:  -5 CKR_OK"),
+            Some((&b"-5"[..], &b"CKR_OK"[..]))
+        );
         assert!(returned(b"Returned:  5 CKR_OK ").is_none());
         assert!(body_start(b"[compat]") && !body_start(b"[compat] "));
         assert!(body_start(b"0123abcd / 5") && !body_start(b"0123abcd0 / 5"));
         assert!(body_start(b"Slot -1 x") && !body_start(b"Slot x"));
-        assert!(ends_with_stamp(b"x:12.345") && ends_with_stamp(b":12.345") && !ends_with_stamp(b"12.345"));
+        assert!(
+            ends_with_stamp(b"x:12.345")
+                && ends_with_stamp(b":12.345")
+                && !ends_with_stamp(b"12.345")
+        );
         assert_eq!(split_at(b"[in] x = 1Returned:  0 CKR_OK"), Some(10));
         assert_eq!(split_at(b"Returned:  0 CKR_OK"), None);
         assert_eq!(classify(b"Loaded: \""), Kind::Foreign);

@@ -29,7 +29,13 @@ fn validity<'py>(py: Python<'py>, bits: &Bits) -> Option<Bound<'py, PyBytes>> {
 }
 
 fn numbers<'py>(py: Python<'py>, n: &Numbers) -> PyResult<Bound<'py, PyTuple>> {
-    PyTuple::new(py, [validity(py, &n.valid).into_pyobject(py)?.into_any(), bytes(py, &words(&n.values)).into_any()])
+    PyTuple::new(
+        py,
+        [
+            validity(py, &n.valid).into_pyobject(py)?.into_any(),
+            bytes(py, &words(&n.values)).into_any(),
+        ],
+    )
 }
 
 fn strings<'py>(py: Python<'py>, s: &Strings) -> PyResult<Bound<'py, PyTuple>> {
@@ -90,13 +96,22 @@ fn batch<'py>(py: Python<'py>, b: &Batch) -> PyResult<Bound<'py, PyDict>> {
     ] {
         d.set_item(name, numbers(py, col)?)?;
     }
-    for (name, col) in [("func", &b.func), ("rv_name", &b.rv_name), ("mechanism", &b.mechanism), ("user_type", &b.user_type)] {
+    for (name, col) in [
+        ("func", &b.func),
+        ("rv_name", &b.rv_name),
+        ("mechanism", &b.mechanism),
+        ("user_type", &b.user_type),
+    ] {
         d.set_item(name, strings(py, col)?)?;
     }
     for (name, col) in [("complete", &b.complete), ("uncertain", &b.uncertain)] {
         d.set_item(name, (None::<Vec<u8>>, bytes(py, &col.bytes)))?;
     }
-    for (name, col) in [("attributes", &b.attributes), ("secrets", &b.secrets), ("flags", &b.flags)] {
+    for (name, col) in [
+        ("attributes", &b.attributes),
+        ("secrets", &b.secrets),
+        ("flags", &b.flags),
+    ] {
         d.set_item(name, string_lists(py, col)?)?;
     }
     d.set_item("created", number_lists(py, &b.created)?)?;
@@ -119,9 +134,18 @@ fn coverage<'py>(py: Python<'py>, c: &Coverage) -> PyResult<Bound<'py, PyDict>> 
     d.set_item("blank_lines", c.blank_lines)?;
     d.set_item("unparsed_lines", c.unreadable_lines + c.other_lines)?;
     d.set_item("unreadable_lines", c.unreadable_lines)?;
-    d.set_item("unreadable_spans", c.unreadable_spans.iter().map(|s| s.to_vec()).collect::<Vec<_>>())?;
+    d.set_item(
+        "unreadable_spans",
+        c.unreadable_spans
+            .iter()
+            .map(|s| s.to_vec())
+            .collect::<Vec<_>>(),
+    )?;
     d.set_item("other_lines", c.other_lines)?;
-    d.set_item("other_spans", c.other_spans.iter().map(|s| s.to_vec()).collect::<Vec<_>>())?;
+    d.set_item(
+        "other_spans",
+        c.other_spans.iter().map(|s| s.to_vec()).collect::<Vec<_>>(),
+    )?;
     Ok(d)
 }
 
@@ -137,7 +161,12 @@ impl Scanner {
     /// `last_pidless`, `next_seq`, `own_from`, `own_to`); none: the start of a file.
     #[new]
     #[pyo3(signature = (start=None, batch_rows=BATCH_ROWS, block_size=1 << 20, hint_bytes=u64::MAX))]
-    fn new(start: Option<&Bound<'_, PyDict>>, batch_rows: usize, block_size: usize, hint_bytes: u64) -> PyResult<Self> {
+    fn new(
+        start: Option<&Bound<'_, PyDict>>,
+        batch_rows: usize,
+        block_size: usize,
+        hint_bytes: u64,
+    ) -> PyResult<Self> {
         let mut s = Start::default();
         if let Some(d) = start {
             let get = |k: &str| -> PyResult<Option<Bound<'_, PyAny>>> { d.get_item(k) };
@@ -150,10 +179,22 @@ impl Scanner {
             if let Some(v) = get("own_to")? {
                 s.own_to = v.extract()?;
             }
-            let process: i32 = get("process")?.map(|v| v.extract()).transpose()?.unwrap_or(0);
-            let seen: bool = get("seen")?.map(|v| v.extract()).transpose()?.unwrap_or(false);
-            let last: i32 = get("last_pidless")?.map(|v| v.extract()).transpose()?.unwrap_or(0);
-            let next: HashMap<i32, u128> = get("next_seq")?.map(|v| v.extract()).transpose()?.unwrap_or_default();
+            let process: i32 = get("process")?
+                .map(|v| v.extract())
+                .transpose()?
+                .unwrap_or(0);
+            let seen: bool = get("seen")?
+                .map(|v| v.extract())
+                .transpose()?
+                .unwrap_or(false);
+            let last: i32 = get("last_pidless")?
+                .map(|v| v.extract())
+                .transpose()?
+                .unwrap_or(0);
+            let next: HashMap<i32, u128> = get("next_seq")?
+                .map(|v| v.extract())
+                .transpose()?
+                .unwrap_or_default();
             s.tracker = Tracker::new(process, seen, last, next);
         }
         Ok(Scanner {
@@ -222,7 +263,10 @@ impl Scanner {
         d.set_item("counts", counts)?;
         d.set_item("coverage", coverage(py, &a.coverage)?)?;
         d.set_item("dialects", self.core.dialects())?;
-        d.set_item("processes_used", a.processes_used.iter().copied().collect::<Vec<_>>())?;
+        d.set_item(
+            "processes_used",
+            a.processes_used.iter().copied().collect::<Vec<_>>(),
+        )?;
         d.set_item("processes", a.processes())?;
         d.set_item("pid_process", a.tracker.pid_process.clone())?;
         Ok(d)
