@@ -12,22 +12,27 @@ Every scanning call releases the GIL, so reading, hashing, scanning and the Parq
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipeline._native import Scanner
+from pipeline._native import Scanner, plan
 from pipeline.assemble import Counts, Coverage
 from pipeline.records import CALLS_SCHEMA
 from pipeline.stream import BLOCK_SIZE
 
 _LISTS = {"attributes", "secrets", "flags", "created"}
-_STRINGS = {"func", "rv_name", "mechanism", "user_type"}
+MIN_RANGE_BYTES = 4 << 20  # a thread per 4 MiB at most: below that a range costs more than it saves
+WARMUP_BYTES = 256 << 10
+SPILL_LIMIT_LINES = 20_000  # a range gives up on a record still open this far past its end (a truncated one)
 
 
 def _buffer(data: bytes | None) -> pa.Buffer | None:
@@ -121,3 +126,126 @@ def scan_stream(
     for batch in scanner.finish():
         writer.write(batch_table(source, batch))
     return _scanned(size, digest.hexdigest(), scanner.report())
+
+
+def _hash(path: str, on_bytes: Callable[[int], None] | None) -> tuple[int, str]:
+    digest, size = hashlib.sha256(), 0
+    with open(path, "rb") as fh:
+        while chunk := fh.read(8 << 20):
+            digest.update(chunk)
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+    return size, digest.hexdigest()
+
+
+def _scan_range(path: str, part: dict, last: bool, sink: Callable[[dict], None]) -> dict:
+    """One range of a file: warm up, prime the blocks a whole-file pass had pending, then read
+    on until every record the range owns is closed."""
+    state = part["state"]
+    scanner = Scanner(start=state, hint_bytes=part["end"] - part["start"])
+    own_to = state["own_to"]
+    with open(path, "rb") as fh:
+        fh.seek(part["warm_from"])
+        if part["start"] > part["warm_from"]:
+            scanner.warm(fh.read(part["start"] - part["warm_from"]))
+        if part["read_to"] > part["start"]:
+            scanner.prime(fh.read(part["read_to"] - part["start"]))
+        stopped = False
+        while chunk := fh.read(BLOCK_SIZE):
+            for batch in scanner.read(chunk):
+                sink(batch)
+            if not last and scanner.line >= own_to and (not scanner.owns_open_records() or scanner.line > own_to + SPILL_LIMIT_LINES):
+                stopped = True
+                break
+    for batch in scanner.stop() if stopped else scanner.finish():
+        sink(batch)
+    return scanner.report()
+
+
+def scan_file(
+    path: str, writer: TableWriter, workers: int, spill_dir: Path, on_bytes: Callable[[int], None] | None = None
+) -> Scanned | None:
+    """Scan one file with ``workers`` threads over byte ranges (None: one range is better).
+
+    The first range's tables go straight to the writer; the others' wait in Arrow IPC files
+    (uncompressed, beside the output) until the first range is done, since only then is it
+    known which banner a pid seen in several ranges belongs to: the one a single pass gives it.
+    """
+    ranges = plan(path, workers, BLOCK_SIZE, MIN_RANGE_BYTES, WARMUP_BYTES)
+    if len(ranges) < 2:
+        return None
+    with tempfile.TemporaryDirectory(dir=spill_dir, prefix=".native-") as spill, ThreadPoolExecutor(
+        max_workers=len(ranges) + 1, thread_name_prefix="native-range"
+    ) as pool:
+        hashed = pool.submit(_hash, path, on_bytes)
+        parts = [Path(spill) / f"part{k}.arrow" for k in range(len(ranges))]
+        sinks = [IpcSink(p, path) for p in parts[1:]]
+        direct = lambda batch: writer.write(batch_table(path, batch))  # noqa: E731
+        futures = [
+            pool.submit(_scan_range, path, part, k == len(ranges) - 1, direct if k == 0 else sinks[k - 1].add)
+            for k, part in enumerate(ranges)
+        ]
+        reports = [f.result() for f in futures]
+        for sink in sinks:
+            sink.close()
+        size, sha256 = hashed.result()
+        remaps = _pid_remaps(reports)
+        used = set(reports[0]["processes_used"])
+        for sink, remap in zip(sinks, remaps[1:]):
+            used |= sink.replay(writer, remap)
+    counts, coverage = Counts(), Coverage()
+    for report in reports:
+        counts.absorb(Counts(**report["counts"]))
+        coverage.absorb(Coverage(**report["coverage"]))
+    dialects = set().union(*(r["dialects"] for r in reports))
+    return Scanned(size, sha256, counts, coverage, dialects, max(len(used), counts.banners))
+
+
+def _pid_remaps(reports: list[dict]) -> list[dict[int, int]]:
+    """Per range, the pids whose process is not the one a single pass gives them: the first
+    range's view of a pid it saw, else that of the range that saw the pid first."""
+    owner = {pid: (-1, process) for pid, process in reports[0]["pid_process"].items()}
+    for report in reports[1:]:
+        for pid, line in report["pid_first_line"].items():
+            if pid not in owner or line < owner[pid][0]:
+                owner[pid] = (line, report["pid_process"][pid])
+    return [
+        {pid: process for pid, (_, process) in owner.items() if report["pid_process"].get(pid, process) != process}
+        for report in reports
+    ]
+
+
+class IpcSink:
+    """A range's tables, held in an uncompressed Arrow IPC file until they can be written."""
+
+    def __init__(self, path: Path, source: str) -> None:
+        self.path, self.source = path, source
+        self._file = pa.ipc.new_file(str(path), CALLS_SCHEMA)
+
+    def add(self, batch: dict) -> None:
+        self._file.write_table(batch_table(self.source, batch))
+
+    def close(self) -> None:
+        self._file.close()
+
+    def replay(self, writer: TableWriter, remap: dict[int, int]) -> set[int]:
+        """Write the held tables, the pids of ``remap`` moved to their single pass's process;
+        the processes of their rows."""
+        used: set[int] = set()
+        with pa.memory_map(str(self.path)) as source:
+            reader = pa.ipc.open_file(source)
+            for i in range(reader.num_record_batches):
+                table = pa.Table.from_batches([reader.get_batch(i)], schema=CALLS_SCHEMA)
+                if remap:
+                    table = _remapped(table, remap)
+                used |= set(pc.unique(table["process"]).to_pylist())
+                writer.write(table)
+        return used
+
+
+def _remapped(table: pa.Table, remap: dict[int, int]) -> pa.Table:
+    pids = pa.array(list(remap), pa.uint64())
+    at = pc.index_in(table["pid"], value_set=pids)
+    process = pc.if_else(pc.is_valid(at), pc.take(pa.array(list(remap.values()), pa.int32()), at), table["process"])
+    return table.set_column(table.schema.get_field_index("process"), CALLS_SCHEMA.field("process"), process)

@@ -117,7 +117,7 @@ impl Default for Start {
 }
 
 /// A number as the log printed it, saturated at `u128::MAX` (only `u64` values reach the table).
-fn big(digits: &[u8]) -> u128 {
+pub fn big(digits: &[u8]) -> u128 {
     digits.iter().fold(0u128, |v, &d| {
         v.checked_mul(10)
             .and_then(|v| v.checked_add(u128::from(d.wrapping_sub(b'0'))))
@@ -217,7 +217,7 @@ fn record_at(text: &[u8], p: usize) -> Option<Parts<'_>> {
         }
         let (l, next, nl) = line_at(text, r);
         if nl && lines::body_start(l) {
-            clean &= !lines::ends_with_stamp(l) && memchr::memmem::find(l, b"Returned:").is_none();
+            clean &= !lines::ends_with_stamp(l) && !lines::has(l, b"Returned:");
             nlines += 1;
             r = next;
             continue;

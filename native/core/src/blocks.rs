@@ -9,7 +9,9 @@ pub const MAX_BLOCKS_WITHOUT_BLANK: usize = 16;
 /// `stream._cut`: the offset just after the last line end followed by a blank line (0: none).
 fn cut(buffer: &[u8]) -> usize {
     let a = memmem::rfind(buffer, b"\n\n").map_or(0, |i| i + 1);
-    let b = memmem::rfind(buffer, b"\n\r\n").map_or(0, |i| i + 1);
+    // a "\n\r\n" cut counts only if it is later: search only there
+    let from = a.saturating_sub(1);
+    let b = memmem::rfind(&buffer[from..], b"\n\r\n").map_or(0, |i| from + i + 1);
     a.max(b)
 }
 

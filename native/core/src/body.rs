@@ -511,26 +511,19 @@ struct Template {
 /// Read the fields of one body (`func`: the record's function).
 pub fn read(func: &[u8], body: &[u8]) -> Fields {
     let mut f = Fields::default();
-    let inner = if body.len() >= 2 {
-        &body[1..body.len() - 1]
-    } else {
-        &[][..]
-    };
-    let lines: Vec<&[u8]> = if body.len() >= 2 {
-        inner.split(|&b| b == b'\n').collect()
-    } else {
-        Vec::new()
-    };
     let login = func == b"C_Login" || func == b"C_LoginUser";
-    let templated = memmem::find(body, b"emplate[").is_some();
+    let templated = TEMPLATED.find(body).is_some();
     let mut session_out = None;
     let mut session_in = None;
     let mut mech = None;
     let mut user = None;
     let mut flags_hex = None;
-    let (mut in_sizes, mut out_sizes): (Vec<&[u8]>, Vec<&[u8]>) = (Vec::new(), Vec::new());
     let mut buffer_secrets = Vec::new();
-    for &line in &lines {
+    for line in body_lines(body) {
+        // every field's line starts "[in] ", "[out] " or "pMechanism->": skip the rest (dump rows)
+        if !matches!(line.first(), Some(b'[' | b'p')) {
+            continue;
+        }
         if f.slot.is_none() {
             if let Some(h) = hex_after(line, b"[in] slotID = ") {
                 f.slot = Some(crate::lines::hex(h));
@@ -564,11 +557,14 @@ pub fn read(func: &[u8], body: &[u8]) -> Fields {
         if let Some(b) = buffer(line) {
             if let Size::Length(len) = b.size {
                 if !b.name.starts_with(b"pMechanism") {
-                    if b.incoming {
-                        in_sizes.push(len);
-                    } else {
-                        out_sizes.push(len);
-                    }
+                    add_size(
+                        if b.incoming {
+                            &mut f.in_len
+                        } else {
+                            &mut f.out_len
+                        },
+                        len,
+                    );
                 }
             }
             if b.positive {
@@ -593,14 +589,13 @@ pub fn read(func: &[u8], body: &[u8]) -> Fields {
         && func == b"C_GetMechanismInfo"
         && memmem::find(body, b"pMechanism").is_none()
     {
-        mech = lines.iter().find_map(|l| mechanism_info(l));
+        mech = body_lines(body).find_map(mechanism_info);
     }
     f.mechanism = mech.map(mechanism_name);
     f.user_type = user.map(user_type_name);
-    f.in_len = sum(&in_sizes);
-    f.out_len = sum(&out_sizes);
     let mut key_secrets = Vec::new();
     if templated {
+        let lines: Vec<&[u8]> = body_lines(body).collect();
         let templates = templates(&lines);
         for t in templates.iter().filter(|t| t.incoming) {
             f.attributes.extend(
@@ -655,22 +650,47 @@ pub fn read(func: &[u8], body: &[u8]) -> Fields {
     f
 }
 
-fn sum(sizes: &[&[u8]]) -> Option<(u64, bool)> {
-    if sizes.is_empty() {
-        return None;
+/// One more buffer length into a direction's sum (`None`: no buffer yet).
+fn add_size(sum: &mut Option<(u64, bool)>, len: &[u8]) {
+    let (total, invalid) = sum.get_or_insert((0, false));
+    match len.first() {
+        Some(b'-') => *invalid = true,
+        _ => match crate::lines::decimal(len) {
+            Ok(v) => *total = total.wrapping_add(v),
+            Err(OutOfRange) => *invalid = true,
+        },
     }
-    let mut total: u64 = 0;
-    let mut invalid = false;
-    for s in sizes {
-        match s.first() {
-            Some(b'-') => invalid = true,
-            _ => match crate::lines::decimal(s) {
-                Ok(v) => total = total.wrapping_add(v),
-                Err(OutOfRange) => invalid = true,
-            },
+}
+
+static TEMPLATED: std::sync::LazyLock<memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memmem::Finder::new(b"emplate["));
+
+/// The lines of a body (it starts and ends with a newline; each line between two of them).
+fn body_lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let inner = if body.len() >= 2 {
+        &body[1..body.len() - 1]
+    } else {
+        &[][..]
+    };
+    let mut start = 0;
+    let mut ends = memchr::memchr_iter(b'\n', inner);
+    let mut done = body.len() < 2;
+    std::iter::from_fn(move || {
+        if done {
+            return None;
         }
-    }
-    Some((total, invalid))
+        match ends.next() {
+            Some(i) => {
+                let line = &inner[start..i];
+                start = i + 1;
+                Some(line)
+            }
+            None => {
+                done = true;
+                Some(&inner[start..])
+            }
+        }
+    })
 }
 
 /// The templates (`TEMPLATE`): a head line and the lines up to the next `[` line or empty line.

@@ -10,6 +10,7 @@ pub mod body;
 pub mod columns;
 pub mod enums;
 pub mod lines;
+pub mod plan;
 pub mod tracker;
 
 use assemble::{Assembler, Sink, Start};
@@ -22,10 +23,16 @@ struct Batches {
     current: Batch,
     done: Vec<Batch>,
     rows: usize,
+    /// The first line of each pid among the rows (which range saw a pid first, for `-j N`).
+    pid_first_line: std::collections::HashMap<u64, u64>,
 }
 
 impl Sink for Batches {
     fn row(&mut self, row: &Row<'_>) {
+        if let Some(pid) = row.pid.and_then(|p| u64::try_from(p).ok()) {
+            let first = self.pid_first_line.entry(pid).or_insert(row.line);
+            *first = (*first).min(row.line);
+        }
         self.current.push(row);
         if self.current.rows >= self.rows {
             self.done
@@ -54,6 +61,7 @@ impl Scanner {
                 current: Batch::new(),
                 done: Vec::new(),
                 rows: batch_rows.max(1),
+                pid_first_line: Default::default(),
             },
             dialects: 0,
             hint_bytes,
@@ -118,6 +126,12 @@ impl Scanner {
         cutter.finish(&mut |raw| {
             Self::block(assembler, batches, dialects, *hint_bytes, cut_bytes, raw)
         });
+        self.stop();
+    }
+
+    /// Stop here (a range that has all it owns): bytes not cut into a block yet are left
+    /// unread, records still open are incomplete, the last batch is closed.
+    pub fn stop(&mut self) {
         self.assembler.finish(&mut self.batches);
         if self.batches.current.rows > 0 {
             let last = std::mem::replace(&mut self.batches.current, Batch::new());
@@ -142,6 +156,11 @@ impl Scanner {
             .filter(|(i, _)| self.dialects & (1 << i) != 0)
             .map(|(_, d)| *d)
             .collect()
+    }
+
+    /// The first line of each pid among the rows emitted.
+    pub fn pid_first_line(&self) -> &std::collections::HashMap<u64, u64> {
+        &self.batches.pid_first_line
     }
 
     /// Lines consumed so far.

@@ -66,6 +66,11 @@ impl Tracker {
         *self.pid_process.entry(pid).or_insert(self.process)
     }
 
+    /// A stretch of headers counting on from one `header` call expects its next value.
+    pub fn expect_next(&mut self, process: i32, seq: u128) {
+        self.expect(process, seq);
+    }
+
     fn expect(&mut self, process: i32, seq: u128) {
         if let Some(old) = self.next_seq.insert(process, seq) {
             if old == seq {

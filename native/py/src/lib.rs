@@ -223,6 +223,16 @@ impl Scanner {
         batches(py, done)
     }
 
+    /// Stop before the end of the input (a range that has all it owns): the last batches.
+    fn stop<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let core = &mut self.core;
+        let done = py.detach(|| {
+            core.stop();
+            core.take_batches()
+        });
+        batches(py, done)
+    }
+
     /// End of input: the last batches.
     fn finish<'py>(&mut self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
         let core = &mut self.core;
@@ -269,12 +279,53 @@ impl Scanner {
         )?;
         d.set_item("processes", a.processes())?;
         d.set_item("pid_process", a.tracker.pid_process.clone())?;
+        d.set_item("pid_first_line", self.core.pid_first_line().clone())?;
         Ok(d)
     }
+}
+
+fn start_dict<'py>(py: Python<'py>, s: &Start) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("lines_before", s.lines_before)?;
+    d.set_item("own_from", s.own_from)?;
+    d.set_item("own_to", s.own_to)?;
+    d.set_item("process", s.tracker.process)?;
+    d.set_item("seen", s.tracker.seen)?;
+    d.set_item("last_pidless", s.tracker.last_pidless)?;
+    d.set_item("next_seq", s.tracker.next_seq.clone())?;
+    Ok(d)
+}
+
+/// Cut a file into ranges for `workers` threads (one range: not worth it); each a dict of
+/// `warm_from`, `start`, `read_to`, `end` (byte offsets) and `state` (a `Scanner`'s start).
+#[pyfunction]
+fn plan<'py>(
+    py: Python<'py>,
+    path: &str,
+    workers: usize,
+    block_size: u64,
+    min_range: u64,
+    warmup: u64,
+) -> PyResult<Bound<'py, PyList>> {
+    let ranges = py
+        .detach(|| p11lens_core::plan::plan(path, workers, block_size, min_range, warmup))
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("{path}: {e}")))?;
+    let out = PyList::empty(py);
+    for r in &ranges {
+        let d = PyDict::new(py);
+        d.set_item("warm_from", r.warm_from)?;
+        d.set_item("start", r.start)?;
+        d.set_item("read_to", r.read_to)?;
+        d.set_item("end", r.end)?;
+        d.set_item("state", start_dict(py, &r.start_state)?)?;
+        out.append(d)?;
+    }
+    Ok(out)
 }
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Scanner>()?;
+    m.add_function(wrap_pyfunction!(plan, m)?)?;
     Ok(())
 }
