@@ -112,17 +112,24 @@ def _scanned(size: int, sha256: str, report: dict) -> Scanned:
 def scan_stream(
     source: str, stream: BinaryIO, writer: TableWriter, on_bytes: Callable[[int], None] | None = None
 ) -> Scanned:
-    """Scan one log from its stream, reading as `pipeline.stream` does (same blocks)."""
+    """Scan one log from its stream, reading as `pipeline.stream` does (same blocks); the
+    SHA-256 is taken on a thread of its own (hashlib and the scanner both release the GIL)."""
     scanner = Scanner()
     digest = hashlib.sha256()
     size = 0
-    while chunk := stream.read(BLOCK_SIZE):
-        digest.update(chunk)
-        size += len(chunk)
-        if on_bytes is not None:
-            on_bytes(len(chunk))
-        for batch in scanner.read(chunk):
-            writer.write(batch_table(source, batch))
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="native-hash") as hasher:
+        hashed: Future | None = None
+        while chunk := stream.read(BLOCK_SIZE):
+            if hashed is not None:
+                hashed.result()
+            hashed = hasher.submit(digest.update, chunk)
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+            for batch in scanner.read(chunk):
+                writer.write(batch_table(source, batch))
+        if hashed is not None:
+            hashed.result()
     for batch in scanner.finish():
         writer.write(batch_table(source, batch))
     return _scanned(size, digest.hexdigest(), scanner.report())
