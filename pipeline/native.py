@@ -19,9 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipeline._native import Scanner, plan
@@ -51,9 +49,7 @@ def _column(field: pa.Field, rows: int, parts: tuple) -> pa.Array:
 
 
 def _source_column(source: str, rows: int) -> pa.Array:
-    name = source.encode()
-    offsets = np.arange(rows + 1, dtype=np.int32) * len(name)
-    return pa.Array.from_buffers(pa.string(), rows, [None, pa.py_buffer(offsets), pa.py_buffer(name * rows)])
+    return pa.repeat(pa.scalar(source, pa.string()), rows)
 
 
 def batch_table(source: str, batch: dict) -> pa.Table:
@@ -239,6 +235,8 @@ class IpcSink:
     def replay(self, writer: TableWriter, remap: dict[int, int]) -> set[int]:
         """Write the held tables, the pids of ``remap`` moved to their single pass's process;
         the processes of their rows."""
+        import pyarrow.compute as pc  # only a parallel scan needs it
+
         used: set[int] = set()
         with pa.memory_map(str(self.path)) as source:
             reader = pa.ipc.open_file(source)
@@ -252,6 +250,8 @@ class IpcSink:
 
 
 def _remapped(table: pa.Table, remap: dict[int, int]) -> pa.Table:
+    import pyarrow.compute as pc
+
     pids = pa.array(list(remap), pa.uint64())
     at = pc.index_in(table["pid"], value_set=pids)
     process = pc.if_else(pc.is_valid(at), pc.take(pa.array(list(remap.values()), pa.int32()), at), table["process"])
