@@ -8,7 +8,8 @@ time and the peak RSS of each command:
 
 * ``wc -l`` and ``grep -c '^[0-9]*: C_'``: what merely reading the file costs;
 * ``bench/naive.py``: a plain line-by-line regex parser, the baseline;
-* ``p11lens parse`` with 1 and 2 workers, ``p11lens analyze``, ``p11lens run``;
+* ``p11lens parse`` with 1 and 2 workers (the native engine), the reference engine with one,
+  ``p11lens analyze``, ``p11lens run``;
 * ``p11lens analyze`` on calls tables of 1 and 3 million rows (the parsed trace, repeated):
   its peak RSS should be the same for both (bounded memory).
 
@@ -107,6 +108,7 @@ def run(sizes: list[int], rounds: int) -> dict:
             "naive baseline": [sys.executable, str(ROOT / "bench" / "naive.py"), str(trace)],
             "parse -j1": [*P11LENS, "parse", "-j", "1", str(trace), "-o", str(out1)],
             "parse -j2": [*P11LENS, "parse", "-j", "2", str(trace), "-o", str(out2)],
+            "parse reference -j1": [*P11LENS, "parse", "--engine", "reference", "-j", "1", str(trace), "-o", str(DATA / f"out-{size}-ref")],
             "analyze": [*P11LENS, "analyze", str(out1)],
             "run -j2": [*P11LENS, "run", "-j", "2", str(trace), "-o", str(DATA / f"out-{size}-run")],
         }
