@@ -59,8 +59,7 @@ def batch_table(source: str, batch: dict) -> pa.Table:
         _source_column(source, rows) if field.name == "source" else _column(field, rows, batch[field.name])
         for field in CALLS_SCHEMA
     ]
-    table = pa.Table.from_arrays(arrays, schema=CALLS_SCHEMA)
-    return table if batch["sorted"] else table.sort_by("line")
+    return pa.Table.from_arrays(arrays, schema=CALLS_SCHEMA)
 
 
 class TableWriter:

@@ -220,7 +220,122 @@ fn unsigned(v: i128) -> Result<u64, OutOfRange> {
     Err(OutOfRange)
 }
 
+impl Bits {
+    fn get(&self, i: usize) -> bool {
+        self.bytes[i / 8] & (1 << (i % 8)) != 0
+    }
+
+    fn gather(&self, order: &[usize]) -> Bits {
+        let mut out = Bits::default();
+        for &i in order {
+            out.push(self.get(i));
+        }
+        out
+    }
+}
+
+impl Numbers {
+    fn gather(&self, order: &[usize]) -> Numbers {
+        Numbers {
+            values: order.iter().map(|&i| self.values[i]).collect(),
+            valid: self.valid.gather(order),
+        }
+    }
+}
+
+fn span(offsets: &[i32], i: usize) -> std::ops::Range<usize> {
+    usize::try_from(offsets[i]).unwrap_or(0)..usize::try_from(offsets[i + 1]).unwrap_or(0)
+}
+
+impl Strings {
+    fn gather(&self, order: &[usize]) -> Strings {
+        let mut out = Strings::default();
+        for &i in order {
+            out.data
+                .extend_from_slice(&self.data[span(&self.offsets, i)]);
+            out.offsets
+                .push(i32::try_from(out.data.len()).unwrap_or(i32::MAX));
+            out.valid.push(self.valid.get(i));
+        }
+        out
+    }
+}
+
+impl Lists<Strings> {
+    fn gather(&self, order: &[usize]) -> Self {
+        let mut out = Self::default();
+        for &i in order {
+            let items = span(&self.offsets, i);
+            let n = items.len();
+            for j in items {
+                out.items
+                    .data
+                    .extend_from_slice(&self.items.data[span(&self.items.offsets, j)]);
+                out.items
+                    .offsets
+                    .push(i32::try_from(out.items.data.len()).unwrap_or(i32::MAX));
+                out.items.valid.push(true);
+            }
+            out.close(n);
+        }
+        out
+    }
+}
+
+impl Lists<Numbers> {
+    fn gather(&self, order: &[usize]) -> Self {
+        let mut out = Self::default();
+        for &i in order {
+            let items = span(&self.offsets, i);
+            let n = items.len();
+            for j in items {
+                out.items.push(Some(self.items.values[j]));
+            }
+            out.close(n);
+        }
+        out
+    }
+}
+
 impl Batch {
+    /// The rows in line order (records that closed late were emitted after later ones).
+    pub fn in_line_order(self) -> Batch {
+        if self.sorted {
+            return self;
+        }
+        let mut order: Vec<usize> = (0..self.rows).collect();
+        order.sort_by_key(|&i| self.line.values[i]);
+        let o = &order[..];
+        Batch {
+            rows: self.rows,
+            process: o.iter().map(|&i| self.process[i]).collect(),
+            pid: self.pid.gather(o),
+            tid: self.tid.gather(o),
+            seq: self.seq.gather(o),
+            line: self.line.gather(o),
+            ts: self.ts.gather(o),
+            func: self.func.gather(o),
+            rv: self.rv.gather(o),
+            rv_name: self.rv_name.gather(o),
+            complete: self.complete.gather(o),
+            slot: self.slot.gather(o),
+            session: self.session.gather(o),
+            object: self.object.gather(o),
+            mechanism: self.mechanism.gather(o),
+            user_type: self.user_type.gather(o),
+            in_len: self.in_len.gather(o),
+            out_len: self.out_len.gather(o),
+            attributes: self.attributes.gather(o),
+            created: self.created.gather(o),
+            end_line: self.end_line.gather(o),
+            uncertain: self.uncertain.gather(o),
+            secrets: self.secrets.gather(o),
+            flags: self.flags.gather(o),
+            sorted: true,
+            last_line: self.last_line,
+        }
+    }
+
     pub fn new() -> Self {
         Batch {
             sorted: true,
@@ -347,6 +462,44 @@ pub fn millis(s: &[u8]) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_come_in_line_order() {
+        let row = |line: u64, func: &'static [u8], body: &'static [u8]| Row {
+            process: 0,
+            pid: None,
+            tid: None,
+            seq: line.into(),
+            line,
+            ts: None,
+            func,
+            rv: None,
+            end_line: line,
+            uncertain: false,
+            body,
+        };
+        let mut b = Batch::new();
+        b.push(&row(9, b"C_B", b"\n[out] *phObject = 0x5\n"));
+        b.push(&row(
+            4,
+            b"C_A",
+            b"\n[in] pTemplate[1]:\n    CKA_CLASS  CKO_DATA\n",
+        ));
+        let b = b.in_line_order();
+        assert_eq!(b.line.values, vec![4, 9]);
+        assert_eq!(
+            (b.func.data.as_slice(), b.func.offsets.as_slice()),
+            (&b"C_AC_B"[..], &[0, 3, 6][..])
+        );
+        assert_eq!(b.attributes.items.data, b"CKA_CLASS".to_vec());
+        assert_eq!(
+            (
+                b.created.offsets.as_slice(),
+                b.created.items.values.as_slice()
+            ),
+            (&[0, 0, 1][..], &[5][..])
+        );
+    }
 
     #[test]
     fn stamps() {

@@ -135,7 +135,7 @@ impl Scanner {
         self.assembler.finish(&mut self.batches);
         if self.batches.current.rows > 0 {
             let last = std::mem::replace(&mut self.batches.current, Batch::new());
-            self.batches.done.push(last);
+            self.batches.done.push(last.in_line_order());
         }
     }
 
@@ -186,28 +186,42 @@ pub fn check_accounting(data: &[u8], block_size: usize) -> Result<(), String> {
     let (batches, scanner) = scan_all(data, block_size);
     let a = scanner.assembler();
     let c = &a.coverage;
-    let lines = memchr::memchr_iter(b'\n', data).count() as u64 + u64::from(!data.is_empty() && !data.ends_with(b"\n"));
-    let parts = c.record_lines + c.banner_lines + c.blank_lines + c.unreadable_lines + c.other_lines;
+    let lines = memchr::memchr_iter(b'\n', data).count() as u64
+        + u64::from(!data.is_empty() && !data.ends_with(b"\n"));
+    let parts =
+        c.record_lines + c.banner_lines + c.blank_lines + c.unreadable_lines + c.other_lines;
     if c.lines != lines || parts != lines {
-        return Err(format!("lines {lines}, counted {}, parts {parts}: {c:?}", c.lines));
+        return Err(format!(
+            "lines {lines}, counted {}, parts {parts}: {c:?}",
+            c.lines
+        ));
     }
     for spans in [&c.unreadable_spans, &c.other_spans] {
         let listed: u64 = spans.iter().map(|s| s[1] - s[0] + 1).sum();
         let in_order = spans.windows(2).all(|w| w[0][1] + 1 < w[1][0]);
-        if !in_order || spans.iter().any(|s| s[0] < 1 || s[0] > s[1] || s[1] > lines) || listed > lines {
+        if !in_order
+            || spans
+                .iter()
+                .any(|s| s[0] < 1 || s[0] > s[1] || s[1] > lines)
+            || listed > lines
+        {
             return Err(format!("bad spans {spans:?}"));
         }
     }
-    if c.unreadable_lines != span_total(&c.unreadable_spans) || c.other_lines != span_total(&c.other_spans) {
+    if c.unreadable_lines != span_total(&c.unreadable_spans)
+        || c.other_lines != span_total(&c.other_spans)
+    {
         return Err("span lines differ from the counts".into());
     }
     let rows: usize = batches.iter().map(|b| b.rows).sum();
     let n = &a.counts;
-    if rows as u64 != n.records || n.complete + n.incomplete != n.records || n.uncertain > n.records {
+    if rows as u64 != n.records || n.complete + n.incomplete != n.records || n.uncertain > n.records
+    {
         return Err(format!("{rows} rows, counts {n:?}"));
     }
     for b in &batches {
-        let ends_ok = (0..b.rows).all(|i| b.line.values[i] <= b.end_line.values[i] && b.end_line.values[i] <= lines);
+        let ends_ok = (0..b.rows)
+            .all(|i| b.line.values[i] <= b.end_line.values[i] && b.end_line.values[i] <= lines);
         if !ends_ok {
             return Err("a record ends before its header or past the input".into());
         }

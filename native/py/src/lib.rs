@@ -77,7 +77,6 @@ fn number_lists<'py>(py: Python<'py>, l: &Lists<Numbers>) -> PyResult<Bound<'py,
 fn batch<'py>(py: Python<'py>, b: &Batch) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("rows", b.rows)?;
-    d.set_item("sorted", b.sorted)?;
     let process: Vec<u8> = b.process.iter().flat_map(|v| v.to_le_bytes()).collect();
     d.set_item("process", (None::<Vec<u8>>, bytes(py, &process)))?;
     for (name, col) in [
