@@ -19,6 +19,9 @@ _SNIPPETS = [
     b"    00000000  30 31 32 33                                      0123", b"12: C_Sign", b"5: C_Login",
     b"[in] hSession = 0x", b"[out] *phSession = 0x1f", b"[in] pMechanism->type = 0x00000252",
     b"0000abcd / 5", b"debug: application output", b"\n\n", b"Unknown Mechanism (80000000)",
+    b"Returned: 0 CKR_OK", b"Returned:   7   CKR_X \t", b"   ", b" \t\r", b"  Returned:  0 CKR_OK", b"  R sums",
+    b"NULL [size : 0x10 (16)]", b"NULL [size : 0x", b"[in] pMechanism->pParameter = NULL", b"  indented prose",
+    b"[in] flags = 0x6 \t", b"[in] pTemplate[1]: \t",
 ]
 
 
@@ -83,7 +86,9 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
                 b"9" * rng.randrange(25) if lines[i][-1:].isdigit() else b""
             )
         elif kind == 9:
-            lines[i] = lines[i] + rng.choice([b" ", b"\t", b"\r", b"  "])
+            for _ in range(rng.choice([1, 1, 5, 40])):  # padding on one line, or on many (a copy)
+                j = rng.randrange(len(lines))
+                lines[j] = lines[j] + rng.choice([b" ", b"\t", b"\r", b"  ", b" \t\r "])
         elif kind == 10:
             del lines[i : i + rng.randint(1, 30)]
         elif kind == 11:

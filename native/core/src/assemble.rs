@@ -196,9 +196,13 @@ struct Parts<'a> {
     clean: bool,
 }
 
-/// `RECORD_PATTERN` at `p` (which holds the blank line's newline).
+/// `RECORD_PATTERN` at `p` (its blank line, which may hold blanks, starts there).
 fn record_at(text: &[u8], p: usize) -> Option<Parts<'_>> {
-    let (h, q, nl) = line_at(text, p + 1);
+    let (b, h_start, nl) = line_at(text, p);
+    if !nl || !lines::blank(b) {
+        return None;
+    }
+    let (h, q, nl) = line_at(text, h_start);
     if !nl {
         return None;
     }
@@ -217,7 +221,7 @@ fn record_at(text: &[u8], p: usize) -> Option<Parts<'_>> {
         }
         let (l, next, nl) = line_at(text, r);
         if nl && lines::body_start(l) {
-            clean &= !lines::ends_with_stamp(l) && !lines::has(l, b"Returned:");
+            clean &= !lines::ends_with_stamp(lines::rstrip(l)) && !lines::has(l, b"Returned:");
             nlines += 1;
             r = next;
             continue;
@@ -330,7 +334,7 @@ impl Assembler {
         let n = text.len();
         let mut p = 0;
         while p < n {
-            if records && text[p] == b'\n' {
+            if records && matches!(text[p], b'\n' | b' ' | b'\t' | b'\r') {
                 if let Some(parts) = record_at(text, p) {
                     let end = parts.end;
                     if parts.clean {
@@ -359,7 +363,7 @@ impl Assembler {
                 continue;
             }
             // known lines: [ blank ] ( header | timestamp | returned ) NL { ... } | blank
-            let blank = l.is_empty() && nl;
+            let blank = nl && lines::blank(l);
             let mut q = if blank { next } else { p };
             let mut kinds = Vec::new();
             while q < n {
@@ -373,7 +377,7 @@ impl Assembler {
             if blank || !kinds.is_empty() {
                 if blank {
                     self.line += 1;
-                    self.slow_line(b"", self.line, Some(Kind::Blank), sink);
+                    self.slow_line(l, self.line, Some(Kind::Blank), sink);
                 }
                 for (at, len, kind) in kinds {
                     self.line += 1;
@@ -488,8 +492,12 @@ impl Assembler {
             self.open[r].end_line = last;
             self.coverage.record_lines += owned;
         } else if owned > 0 {
-            self.coverage
-                .add_unreadable(first.max(self.own_from), last.min(self.own_to));
+            // a record whose header is not in the log (or was lost), or indented prose
+            for (number, line) in (first..).zip(run.split(|&b| b == b'\n')) {
+                if self.owned(number) {
+                    self.unclaimed(lines::classify(line), number);
+                }
+            }
         }
         self.line = last;
     }
@@ -510,10 +518,12 @@ impl Assembler {
         };
         let several = split.is_some();
         let mut used = false;
-        let mut shaped = false;
+        let mut shaped = Kind::Foreign; // the most spy-like kind among the units
         for unit in units.into_iter().flatten() {
             let mut kind = known.unwrap_or_else(|| lines::classify(unit));
-            shaped |= kind != Kind::Foreign;
+            if matches!(shaped, Kind::Foreign | Kind::Indented) {
+                shaped = kind;
+            }
             if kind == Kind::Header && several {
                 kind = Kind::Foreign;
             }
@@ -543,10 +553,18 @@ impl Assembler {
         }
         if used {
             self.coverage.record_lines += 1;
-        } else if shaped {
-            self.coverage.add_unreadable(line, line);
         } else {
+            self.unclaimed(shaped, line);
+        }
+    }
+
+    /// A line no record took: spy output (a call, or part of one, is lost) or other text. A
+    /// merely indented line is the spy's only inside a record; alone it is prose.
+    fn unclaimed(&mut self, kind: Kind, line: u64) {
+        if matches!(kind, Kind::Foreign | Kind::Indented) {
             self.coverage.add_other(line, line);
+        } else {
+            self.coverage.add_unreadable(line, line);
         }
     }
 

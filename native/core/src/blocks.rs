@@ -84,8 +84,23 @@ pub fn fold(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     std::borrow::Cow::Owned(out)
 }
 
-/// The dialects of `pkcs11-spy-format.md` §0, in the manifest's spelling.
-pub const DIALECTS: [&str; 5] = ["0.20-0.21", "0.22-0.23", "0.24-0.26", "0.24+", "0.27"];
+/// The dialects of `pkcs11-spy-format.md` §0, in the manifest's spelling (`spy.dialect_hints`).
+pub const DIALECTS: [&str; 6] = [
+    "<=0.21",
+    "0.22-0.23",
+    "0.24-0.26",
+    "0.24+",
+    "0.27",
+    "<=0.23",
+];
+
+fn blanks_then_newline(rest: &[u8]) -> bool {
+    let n = rest
+        .iter()
+        .take_while(|b| matches!(b, b' ' | b'\t' | b'\r'))
+        .count();
+    rest.get(n) == Some(&b'\n')
+}
 
 /// `spy.dialect_hints` of one block: a bit per `DIALECTS` entry.
 pub fn dialect_hints(text: &[u8]) -> u8 {
@@ -100,6 +115,7 @@ pub fn dialect_hints(text: &[u8]) -> u8 {
         let n = r.iter().take_while(|b| b.is_ascii_digit()).count();
         n > 0 && r[n..].starts_with(b"; T:")
     });
+    // `\n\[in\] pMechanism->type = (CKM_\w+ *)[ \t\r]*\n`: the first one's width
     const MECH: &[u8] = b"\n[in] pMechanism->type = CKM_";
     let width = memmem::find_iter(text, MECH).find_map(|i| {
         let r = &text[i + MECH.len()..];
@@ -111,21 +127,36 @@ pub fn dialect_hints(text: &[u8]) -> u8 {
             return None;
         }
         let s = r[w..].iter().take_while(|&&b| b == b' ').count();
-        (r.get(w + s) == Some(&b'\n')).then_some(4 + w + s)
+        blanks_then_newline(&r[w + s..]).then_some(4 + w + s)
     });
-    match width {
-        Some(w) if w >= 39 => hints |= 1 << 4,
-        _ if has_pid => hints |= if width.is_some() { 1 << 2 } else { 1 << 3 },
-        Some(_) => hints |= 1 << 1,
-        None => {
-            if memmem::find(text, b"\n[compat]").is_some()
-                || memmem::find(text, b"\n[in] pApplication = ").is_some()
-            {
-                hints |= 1 << 1;
-            }
-        }
+    const NULL_PARAMETER: &[u8] = b"\n[in] pMechanism->pParameter = NULL";
+    let null_parameter = || {
+        memmem::find_iter(text, NULL_PARAMETER)
+            .any(|i| blanks_then_newline(&text[i + NULL_PARAMETER.len()..]))
+    };
+    if width == Some(39) || null_parameter() {
+        hints |= 1 << 4;
+    } else if has_pid {
+        hints |= if width.is_some() { 1 << 2 } else { 1 << 3 };
+    } else if width.is_some()
+        || memmem::find(text, b"\n[compat]").is_some()
+        || memmem::find(text, b"\n[in] pApplication = ").is_some()
+    {
+        hints |= 1 << 1;
+    } else if hints == 0 && unprefixed_stamp(text) {
+        hints |= 1 << 5;
     }
     hints
+}
+
+/// `\n\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}[ \t\r]*\n` somewhere in the text.
+fn unprefixed_stamp(text: &[u8]) -> bool {
+    memchr::memchr_iter(b'\n', text).any(|i| {
+        let r = &text[i + 1..];
+        r.len() > 23
+            && crate::lines::stamp(&r[..23]).is_some_and(|s| s.pid.is_none())
+            && blanks_then_newline(&r[23..])
+    })
 }
 
 #[cfg(test)]
@@ -148,5 +179,6 @@ mod tests {
         assert_eq!(dialect_hints(b"\n[compat]\n"), 1 << 1);
         let wide = b"\n[in] pMechanism->type = CKM_RSA_PKCS                           \n";
         assert_eq!(dialect_hints(wide), 1 << 4);
+        assert_eq!(dialect_hints(b"\n2024-01-01 00:00:00.000 \n"), 1 << 5);
     }
 }

@@ -249,7 +249,7 @@ fn template_head(line: &[u8]) -> Option<(bool, &[u8])> {
         return None;
     }
     let r = r[d..].strip_prefix(b"]:")?;
-    (r.is_empty() || r == b" ").then_some((incoming, &rest[..n]))
+    crate::lines::blank(r).then_some((incoming, &rest[..n]))
 }
 
 fn attr_name_len(s: &[u8]) -> usize {
@@ -303,7 +303,7 @@ fn secret_entry<'a>(line: &'a [u8], next: Option<&[u8]>) -> Option<&'a [u8]> {
     if !(8..=16).contains(&h) {
         return None;
     }
-    let len = r[h..].strip_prefix(b" / ")?;
+    let len = crate::lines::rstrip(r[h..].strip_prefix(b" / ")?);
     if !matches!(len.first(), Some(b'1'..=b'9')) || !len.iter().all(u8::is_ascii_digit) {
         return None;
     }
@@ -344,6 +344,7 @@ const DECRYPT_FUNCS: &[&[u8]] = &[
     b"C_DecryptMessageNext",
     b"C_VerifyRecover",
 ];
+const CKF_RW_SESSION: u64 = 0x2;
 const VALUE_FUNCS: &[&[u8]] = &[
     b"C_GenerateKey",
     b"C_GenerateKeyPair",
@@ -406,7 +407,7 @@ fn value_entry(line: &[u8], next: Option<&[u8]>) -> Option<(Vec<u8>, Vec<u8>)> {
     }
     let h = lower_hex_len(v);
     let width = if h == 16 || h == 8 { h } else { return None };
-    let len = v[width..].strip_prefix(b" / ")?;
+    let len = crate::lines::rstrip(v[width..].strip_prefix(b" / ")?);
     if len.len() != 1 || !matches!(len[0], b'1'..=b'8') {
         return None;
     }
@@ -578,7 +579,7 @@ pub fn read(func: &[u8], body: &[u8]) -> Fields {
         }
         if flags_hex.is_none() && func == b"C_OpenSession" && !templated {
             if let Some(h) = hex_after(line, b"[in] flags = ") {
-                if h.len() == line.len() - 15 {
+                if crate::lines::blank(&line[15 + h.len()..]) {
                     flags_hex = Some(h);
                 }
             }
@@ -633,12 +634,9 @@ pub fn read(func: &[u8], body: &[u8]) -> Fields {
         if VALUE_FUNCS.contains(&func) {
             f.flags = template_values(&lines);
         }
-    } else if let Some(h) = flags_hex {
-        // CKF_RW_SESSION is bit 1: the last hex digit tells it, whatever the number's size
-        let rw = h
-            .last()
-            .and_then(|&b| crate::lines::hex(&[b]).ok())
-            .is_some_and(|v| v & 2 != 0);
+    } else if let Some(Ok(value)) = flags_hex.map(crate::lines::hex) {
+        // flags beyond 64 bits are no CK_FLAGS: no flag then
+        let rw = value & CKF_RW_SESSION != 0;
         f.flags = vec![if rw {
             b"CKF_RW_SESSION=True".to_vec()
         } else {

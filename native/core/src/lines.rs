@@ -32,8 +32,25 @@ pub fn has(hay: &[u8], needle: &[u8]) -> bool {
     }
 }
 
-/// `HEADER = (\d+): (\S+)`, the whole line: `(seq digits, func)`.
+/// The line without the blanks a copy may leave at its end (`spy.WS = [ \t\r]*`).
+#[inline]
+pub fn rstrip(line: &[u8]) -> &[u8] {
+    let n = line
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\r'))
+        .map_or(0, |i| i + 1);
+    &line[..n]
+}
+
+/// `blank = WS`: nothing but blanks.
+#[inline]
+pub fn blank(line: &[u8]) -> bool {
+    rstrip(line).is_empty()
+}
+
+/// `HEADER WS = (\d+): (\S+)`, the whole line: `(seq digits, func)`.
 pub fn header(line: &[u8]) -> Option<(&[u8], &[u8])> {
+    let line = rstrip(line);
     let n = digits(line);
     if n == 0 || !line[n..].starts_with(b": ") {
         return None;
@@ -65,8 +82,9 @@ fn date_time(s: &[u8]) -> bool {
         })
 }
 
-/// `TS = (?:P:(\d+); T:(?:0x)?(\d+) )?(date time)`, the whole line.
+/// `TS WS = (?:P:(\d+); T:(?:0x)?(\d+) )?(date time)`, the whole line.
 pub fn stamp(line: &[u8]) -> Option<Stamp<'_>> {
+    let line = rstrip(line);
     if line.starts_with(b"P:") {
         let rest = &line[2..];
         let n = digits(rest);
@@ -98,15 +116,26 @@ pub fn stamp(line: &[u8]) -> Option<Stamp<'_>> {
     }
 }
 
-/// `RETURNED = Returned:  (-?\d+) (\S+)`, the whole line: `(rv with its sign, rv_name)`.
+fn spaces(s: &[u8]) -> usize {
+    s.iter().take_while(|&&b| b == b' ').count()
+}
+
+/// `RETURNED WS = Returned: +(-?\d+) +(\S+)`, the whole line: `(rv with its sign, rv_name)`
+/// (the spy writes two spaces and one; a web page's copy collapses them).
 pub fn returned(line: &[u8]) -> Option<(&[u8], &[u8])> {
-    let rest = line.strip_prefix(b"Returned:  ")?;
-    let sign = usize::from(rest.first() == Some(&b'-'));
-    let n = digits(&rest[sign..]);
-    if n == 0 || rest.get(sign + n) != Some(&b' ') {
+    let rest = rstrip(line).strip_prefix(b"Returned:")?;
+    let gap = spaces(rest);
+    if gap == 0 {
         return None;
     }
-    let name = &rest[sign + n + 1..];
+    let rest = &rest[gap..];
+    let sign = usize::from(rest.first() == Some(&b'-'));
+    let n = digits(&rest[sign..]);
+    let gap = spaces(&rest[sign + n..]);
+    if n == 0 || gap == 0 {
+        return None;
+    }
+    let name = &rest[sign + n + gap..];
     if name.is_empty() || name.iter().any(|&b| is_space(b)) {
         return None;
     }
@@ -115,10 +144,20 @@ pub fn returned(line: &[u8]) -> Option<(&[u8], &[u8])> {
 
 pub const BANNER: &[u8] = b"*************** OpenSC PKCS#11 spy *****************";
 
-/// `load-result = Loaded: ".*" | Error: .*`
+/// `load-result = Loaded: ".*" WS | Error: .*`
 pub fn load_result(line: &[u8]) -> bool {
-    (line.starts_with(b"Loaded: \"") && line.len() >= 10 && line.ends_with(b"\""))
+    let l = rstrip(line);
+    (l.starts_with(b"Loaded: \"") && l.len() >= 10 && l.ends_with(b"\""))
         || line.starts_with(b"Error: ")
+}
+
+/// `[ \t][ \t\r]*[^ \t\r\nR]`: indented, and not blank (nor a `Returned:` pushed right).
+fn indented_start(line: &[u8]) -> bool {
+    matches!(line.first(), Some(b' ' | b'\t'))
+        && line[1..]
+            .iter()
+            .find(|b| !matches!(b, b' ' | b'\t' | b'\r'))
+            .is_some_and(|&b| b != b'R' && b != b'\n')
 }
 
 /// `body-start` (`spy.BODY_STARTS`): the line starts like one of the body units.
@@ -127,8 +166,11 @@ pub fn body_start(line: &[u8]) -> bool {
         return false;
     };
     match first {
-        b' ' | b'\t' | b'}' => true,
-        b'[' => line.starts_with(b"[in] ") || line.starts_with(b"[out] ") || line == b"[compat]",
+        b' ' | b'\t' => indented_start(line),
+        b'}' => true,
+        b'[' => {
+            line.starts_with(b"[in] ") || line.starts_with(b"[out] ") || rstrip(line) == b"[compat]"
+        }
         b'C' => {
             line.starts_with(b"CKM_")
                 || (line.starts_with(b"Count is ") && line.get(9).is_some_and(u8::is_ascii_digit))
@@ -145,7 +187,7 @@ pub fn body_start(line: &[u8]) -> bool {
         b'I' => line.starts_with(b"Interface '"),
         b'(' => line.starts_with(b"(unknown type"),
         b'p' => line.starts_with(b"pMechanism->") || line.starts_with(b"pApplication="),
-        b'N' => line.starts_with(b"Notify="),
+        b'N' => line.starts_with(b"Notify=") || line.starts_with(b"NULL [size : 0x"),
         b'P' => line.starts_with(b"Parameters block for "),
         _ => orphan_rendering(line),
     }
@@ -177,9 +219,80 @@ pub fn ends_with_stamp(line: &[u8]) -> bool {
     }
 }
 
-/// A body line of a clean record (`BODY_LINE`): a body start, no `Returned:` and no stamp end.
+/// A body line of a clean record (`BODY_LINE`): a body start, no `Returned:`, and no stamp
+/// where its padding starts.
 pub fn strict_body(line: &[u8]) -> bool {
-    body_start(line) && !ends_with_stamp(line) && !has(line, b"Returned:")
+    body_start(line) && !ends_with_stamp(rstrip(line)) && !has(line, b"Returned:")
+}
+
+/// `NULL \[size : 0x[0-9A-F]+ \(-?\d+\)\]` at the start of the line.
+fn null_rendering(line: &[u8]) -> bool {
+    let Some(r) = line.strip_prefix(b"NULL [size : 0x") else {
+        return false;
+    };
+    let x = r
+        .iter()
+        .take_while(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+        .count();
+    let Some(r) = r[x..].strip_prefix(b" (").filter(|_| x > 0) else {
+        return false;
+    };
+    let r = r.strip_prefix(b"-").unwrap_or(r);
+    let d = digits(r);
+    d > 0 && r[d..].starts_with(b")]")
+}
+
+/// The body kinds of `LINE_KINDS` that are more than an indented line (so that one no record
+/// takes is a lost call's, not prose): a unit that starts like one of them.
+fn body_kind(unit: &[u8]) -> Option<Kind> {
+    let first = *unit.first()?;
+    let spy = match first {
+        b' ' | b'\t' => {
+            let hexdump = unit.len() >= 14
+                && unit.starts_with(b"    ")
+                && unit[4..12]
+                    .iter()
+                    .all(|b| matches!(b, b'0'..=b'9' | b'A'..=b'F'))
+                && &unit[12..14] == b"  ";
+            let entry = unit.strip_prefix(b"    CKA_").is_some_and(|r| {
+                r.first()
+                    .is_some_and(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
+                    || r.strip_prefix(b"? (0x")
+                        .is_some_and(|h| lower_hex(h) >= 8 && h.get(8) == Some(&b')'))
+            });
+            return Some(if hexdump || entry {
+                Kind::Body
+            } else {
+                Kind::Indented
+            });
+        }
+        b'[' => {
+            unit.starts_with(b"[in] ") || unit.starts_with(b"[out] ") || rstrip(unit) == b"[compat]"
+        }
+        b'C' => {
+            unit.starts_with(b"CKM_")
+                || (unit.starts_with(b"Count is ") && unit.get(9).is_some_and(u8::is_ascii_digit))
+        }
+        b'U' => unit.starts_with(b"Unknown Mechanism ("),
+        b'S' => {
+            unit.starts_with(b"Slot ") && {
+                let r = &unit[5..];
+                r.strip_prefix(b"-")
+                    .unwrap_or(r)
+                    .first()
+                    .is_some_and(u8::is_ascii_digit)
+            }
+        }
+        b'O' => unit.starts_with(b"Object 0x") && lower_hex(&unit[9..]) > 0,
+        b'I' => unit.starts_with(b"Interface '"),
+        b'(' => unit.starts_with(b"(unknown type"),
+        b'p' => unit.starts_with(b"pMechanism->") || unit.starts_with(b"pApplication="),
+        b'N' => unit.starts_with(b"Notify=") || null_rendering(unit),
+        b'P' => unit.starts_with(b"Parameters block for "),
+        b'}' => true,
+        _ => orphan_rendering(unit),
+    };
+    spy.then_some(Kind::Body)
 }
 
 /// What the line grammar (`spy.classify`) makes of one unit.
@@ -192,14 +305,17 @@ pub enum Kind {
     Timestamp,
     Returned,
     Body,
+    /// An indented line that is no dump row nor template entry: the spy's inside a record,
+    /// prose alone.
+    Indented,
     Foreign,
 }
 
 /// `spy.classify`: the first of `LINE_KINDS` that matches the whole unit.
 pub fn classify(unit: &[u8]) -> Kind {
-    if unit.is_empty() {
+    if blank(unit) {
         Kind::Blank
-    } else if unit == BANNER {
+    } else if rstrip(unit) == BANNER {
         Kind::Banner
     } else if load_result(unit) {
         Kind::LoadResult
@@ -209,10 +325,8 @@ pub fn classify(unit: &[u8]) -> Kind {
         Kind::Timestamp
     } else if returned(unit).is_some() {
         Kind::Returned
-    } else if body_start(unit) {
-        Kind::Body
     } else {
-        Kind::Foreign
+        body_kind(unit).unwrap_or(Kind::Foreign)
     }
 }
 
@@ -284,8 +398,19 @@ mod tests {
             returned(b"Returned:  -5 CKR_OK"),
             Some((&b"-5"[..], &b"CKR_OK"[..]))
         );
-        assert!(returned(b"Returned:  5 CKR_OK ").is_none());
-        assert!(body_start(b"[compat]") && !body_start(b"[compat] "));
+        assert!(returned(b"Returned:  5 CKR_OK \t\r").is_some());
+        assert_eq!(
+            returned(b"Returned: 5 CKR_OK"),
+            Some((&b"5"[..], &b"CKR_OK"[..]))
+        );
+        assert!(
+            returned(b"Returned:5 CKR_OK").is_none() && returned(b"Returned: 5 CKR_OK x").is_none()
+        );
+        assert!(body_start(b"[compat]") && body_start(b"[compat] ") && !body_start(b"[compat]x"));
+        assert!(body_start(b"  x") && !body_start(b"   ") && !body_start(b"  Returned:"));
+        assert_eq!(classify(b"  plain prose"), Kind::Indented);
+        assert_eq!(classify(b"    00000000  30 31"), Kind::Body);
+        assert_eq!(classify(b" \t "), Kind::Blank);
         assert!(body_start(b"0123abcd / 5") && !body_start(b"0123abcd0 / 5"));
         assert!(body_start(b"Slot -1 x") && !body_start(b"Slot x"));
         assert!(
