@@ -197,7 +197,7 @@ struct Parts<'a> {
 }
 
 /// `RECORD_PATTERN` at `p` (its blank line, which may hold blanks, starts there).
-fn record_at(text: &[u8], p: usize) -> Option<Parts<'_>> {
+fn record_at<'a>(text: &'a [u8], p: usize, marks: &lines::Marks) -> Option<Parts<'a>> {
     let (b, h_start, nl) = line_at(text, p);
     if !nl || !lines::blank(b) {
         return None;
@@ -221,12 +221,13 @@ fn record_at(text: &[u8], p: usize) -> Option<Parts<'_>> {
         }
         let (l, next, nl) = line_at(text, r);
         if nl && lines::body_start(l) {
-            clean &= !lines::ends_with_stamp(lines::rstrip(l)) && !lines::has(l, b"Returned:");
+            clean &= !lines::ends_with_stamp(lines::rstrip(l));
             nlines += 1;
             r = next;
             continue;
         }
         let (rv, rv_name) = lines::returned(l)?;
+        clean &= !marks.within(body_start, r);
         return Some(Parts {
             seq: big(seq),
             func,
@@ -332,10 +333,12 @@ impl Assembler {
     /// `Assembler._tokens`.
     fn tokens(&mut self, text: &[u8], records: bool, sink: &mut dyn Sink) {
         let n = text.len();
+        let marks = lines::Marks::of(text);
+        let strict = |l: &[u8], at: usize| lines::strict_body(l, || marks.within(at, at + l.len()));
         let mut p = 0;
         while p < n {
             if records && matches!(text[p], b'\n' | b' ' | b'\t' | b'\r') {
-                if let Some(parts) = record_at(text, p) {
+                if let Some(parts) = record_at(text, p, &marks) {
                     let end = parts.end;
                     if parts.clean {
                         self.record(parts, sink);
@@ -347,12 +350,12 @@ impl Assembler {
                 }
             }
             let (l, next, nl) = line_at(text, p);
-            if nl && lines::strict_body(l) {
+            if nl && strict(l, p) {
                 let mut q = next;
                 let mut count = 1;
                 while q < n {
                     let (l, next, nl) = line_at(text, q);
-                    if !(nl && lines::strict_body(l)) {
+                    if !(nl && strict(l, q)) {
                         break;
                     }
                     count += 1;

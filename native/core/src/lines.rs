@@ -220,9 +220,28 @@ pub fn ends_with_stamp(line: &[u8]) -> bool {
 }
 
 /// A body line of a clean record (`BODY_LINE`): a body start, no `Returned:`, and no stamp
-/// where its padding starts.
-pub fn strict_body(line: &[u8]) -> bool {
-    body_start(line) && !ends_with_stamp(rstrip(line)) && !has(line, b"Returned:")
+/// where its padding starts (`returned`: whether the line holds a `Returned:`).
+pub fn strict_body(line: &[u8], returned: impl FnOnce() -> bool) -> bool {
+    body_start(line) && !ends_with_stamp(rstrip(line)) && !returned()
+}
+
+/// Where `Returned:` stands in a text, found in one pass (a line holds one if one starts in
+/// it and ends before its newline).
+pub struct Marks(Vec<usize>);
+
+static RETURNED_FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+    std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"Returned:"));
+
+impl Marks {
+    pub fn of(text: &[u8]) -> Marks {
+        Marks(RETURNED_FINDER.find_iter(text).collect())
+    }
+
+    /// A `Returned:` lies wholly within `text[start..end]`.
+    pub fn within(&self, start: usize, end: usize) -> bool {
+        let i = self.0.partition_point(|&m| m < start);
+        self.0.get(i).is_some_and(|&m| m + 9 <= end)
+    }
 }
 
 /// `NULL \[size : 0x[0-9A-F]+ \(-?\d+\)\]` at the start of the line.
@@ -334,8 +353,8 @@ pub fn classify(unit: &[u8]) -> Kind {
 /// off into a unit of its own; returns where the second unit starts, if there is one.
 pub fn split_at(line: &[u8]) -> Option<usize> {
     let n = line.len();
-    let maybe =
-        memchr::memmem::find(line, b"Returned:  ").is_some() || (n >= 4 && line[n - 4] == b'.');
+    let t = rstrip(line);
+    let maybe = has(line, b"Returned: ") || (t.len() >= 4 && t[t.len() - 4] == b'.');
     if !maybe || returned(line).is_some() || stamp(line).is_some() {
         return None;
     }
@@ -420,6 +439,9 @@ mod tests {
         );
         assert_eq!(split_at(b"[in] x = 1Returned:  0 CKR_OK"), Some(10));
         assert_eq!(split_at(b"Returned:  0 CKR_OK"), None);
+        let glued = b"P:8853; T:0x139708942257024 2026-11-28 15:13:15.9Returned: 0 CKR_OK67";
+        assert_eq!(split_at(glued), Some(49));
+        assert_eq!(split_at(b"[in] x2024-01-02 03:04:05.678 \t"), Some(6));
         assert_eq!(classify(b"Loaded: \""), Kind::Foreign);
         assert_eq!(decimal(b"18446744073709551615"), Ok(u64::MAX));
         assert!(decimal(b"18446744073709551616").is_err());

@@ -180,7 +180,7 @@ fn replay(tracker: &mut Tracker, events: &Events) {
             Some((first, count)) => {
                 let process = tracker.header(*first);
                 if *count > 1 {
-                    tracker.expect_next(process, first + u128::from(*count));
+                    tracker.expect_next(process, first.saturating_add(u128::from(*count)));
                 }
             }
         }
@@ -212,7 +212,8 @@ pub fn plan(
     let cuts = block_cuts(&file, size, block_size)?;
     let mut starts: Vec<(u64, u64)> = vec![(0, 0)];
     for k in 1..workers {
-        let target = size * k / workers;
+        let target =
+            u64::try_from(u128::from(size) * u128::from(k) / u128::from(workers)).unwrap_or(size);
         if let Some(&(cut, read)) = cuts.iter().find(|(c, _)| *c >= target) {
             if cut > starts[starts.len() - 1].0 && cut < size {
                 starts.push((cut, read));

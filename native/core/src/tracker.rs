@@ -1,6 +1,43 @@
 //! Which load of the spy (banner) each call belongs to: `pipeline/processes.py`'s `ProcessTracker`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// A fast hash for the tracker's small integer keys (counters, processes, pids); the keys
+/// come from the log, but a collision only costs time, and each map is small or keyed by
+/// values the log's own order makes distinct.
+#[derive(Default, Clone, Copy)]
+pub struct Fx(u64);
+
+impl Hasher for Fx {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_u128(&mut self, v: u128) {
+        self.write_u64(v as u64);
+        self.write_u64((v >> 64) as u64);
+    }
+    fn write_i32(&mut self, v: i32) {
+        self.write_u64(u64::from(v as u32));
+    }
+}
+
+pub type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
+
+/// The processes that expect one counter value: almost always one.
+#[derive(Clone, Debug)]
+enum Waiting {
+    One(i32),
+    Many(Vec<i32>), // sorted
+}
 
 /// The banner state; changes only at banner and header lines (and pids, for 0.24+).
 #[derive(Clone, Debug, Default)]
@@ -12,31 +49,67 @@ pub struct Tracker {
     /// Process of the previous header.
     pub last_pidless: i32,
     /// Process -> the counter value it prints next.
-    pub next_seq: HashMap<i32, u128>,
+    pub next_seq: FxMap<i32, u128>,
     /// Pid -> banner index it was first seen under.
-    pub pid_process: HashMap<u64, i32>,
-    expecting: HashMap<u128, BTreeSet<i32>>,
+    pub pid_process: FxMap<u64, i32>,
+    expecting: FxMap<u128, Waiting>,
 }
 
 impl Tracker {
     pub fn new(process: i32, seen: bool, last_pidless: i32, next_seq: HashMap<i32, u128>) -> Self {
-        let mut expecting: HashMap<u128, BTreeSet<i32>> = HashMap::new();
-        for (&p, &s) in &next_seq {
-            expecting.entry(s).or_default().insert(p);
-        }
-        Tracker {
+        let mut t = Tracker {
             process,
             seen,
             last_pidless,
-            next_seq,
-            pid_process: HashMap::new(),
-            expecting,
+            ..Tracker::default()
+        };
+        for (p, s) in next_seq {
+            t.next_seq.insert(p, s);
+            t.wait(s, p);
+        }
+        t
+    }
+
+    fn wait(&mut self, seq: u128, process: i32) {
+        match self.expecting.get_mut(&seq) {
+            None => {
+                self.expecting.insert(seq, Waiting::One(process));
+            }
+            Some(Waiting::One(q)) => {
+                if *q != process {
+                    let (a, b) = (process.min(*q), process.max(*q));
+                    self.expecting.insert(seq, Waiting::Many(vec![a, b]));
+                }
+            }
+            Some(Waiting::Many(v)) => {
+                if let Err(i) = v.binary_search(&process) {
+                    v.insert(i, process);
+                }
+            }
+        }
+    }
+
+    fn unwait(&mut self, seq: u128, process: i32) {
+        let empty = match self.expecting.get_mut(&seq) {
+            Some(Waiting::One(q)) => *q == process,
+            Some(Waiting::Many(v)) => {
+                v.retain(|&p| p != process);
+                if v.len() == 1 {
+                    let last = v[0];
+                    self.expecting.insert(seq, Waiting::One(last));
+                }
+                false
+            }
+            None => false,
+        };
+        if empty {
+            self.expecting.remove(&seq);
         }
     }
 
     pub fn banner(&mut self) {
         if self.seen {
-            self.process += 1;
+            self.process = self.process.saturating_add(1);
         }
         self.seen = true;
         self.expect(self.process, 0);
@@ -47,16 +120,16 @@ impl Tracker {
         self.seen = true;
         let process = match self.expecting.get(&seq) {
             None => self.process,
-            Some(set) if set.len() == 1 => set.iter().next().copied().unwrap_or(self.process),
-            Some(set) => {
-                if set.contains(&self.last_pidless) {
+            Some(Waiting::One(p)) => *p,
+            Some(Waiting::Many(v)) => {
+                if v.contains(&self.last_pidless) {
                     self.last_pidless
                 } else {
-                    set.iter().next().copied().unwrap_or(self.process)
+                    v.first().copied().unwrap_or(self.process)
                 }
             }
         };
-        self.expect(process, seq + 1);
+        self.expect(process, seq.saturating_add(1));
         self.last_pidless = process;
         process
     }
@@ -76,14 +149,9 @@ impl Tracker {
             if old == seq {
                 return;
             }
-            if let Some(waiting) = self.expecting.get_mut(&old) {
-                waiting.remove(&process);
-                if waiting.is_empty() {
-                    self.expecting.remove(&old);
-                }
-            }
+            self.unwait(old, process);
         }
-        self.expecting.entry(seq).or_default().insert(process);
+        self.wait(seq, process);
     }
 }
 
