@@ -7,7 +7,7 @@ CARGO_HOME ?= $(HOME)/.cargo
 export PATH := $(CARGO_HOME)/bin:$(PATH)
 NATIVE_SOURCES := $(shell find native -name '*.rs' -not -path '*/target/*' -o -name Cargo.toml -not -path '*/target/*')
 
-.PHONY: setup system-deps demo test bench clean sample-logs
+.PHONY: setup system-deps demo test bench clean sample-logs wheel-check
 
 # pip builds the native engine (native/, Rust) through maturin: a change there re-installs.
 $(VENV)/.installed: pyproject.toml $(NATIVE_SOURCES)
@@ -35,6 +35,15 @@ sample-logs: setup
 	$(VENV)/bin/p11lens drive --workload errors --seed 1 -o sample-logs/errors.log
 	$(VENV)/bin/p11lens drive --workload threads --ops 80 --threads 4 --seed 1 -o sample-logs/threads.log
 	$(VENV)/bin/p11lens drive --workload processes --ops 60 --processes 3 --seed 1 -o sample-logs/processes.log
+
+# The release wheel installs and runs in a fresh venv with no Rust toolchain on the PATH.
+wheel-check: setup
+	rm -rf dist build/wheel-venv
+	$(VENV)/bin/pip wheel -q --no-deps -w dist .
+	python3 -m venv build/wheel-venv
+	build/wheel-venv/bin/pip install -q dist/p11lens-*.whl
+	env -i PATH=/usr/bin:/bin HOME=$(HOME) build/wheel-venv/bin/p11lens parse sample-logs/smoke.log -o build/wheel-out
+	test -s build/wheel-out/calls.parquet
 
 bench: setup
 	$(PY) bench/run.py
