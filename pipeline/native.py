@@ -237,7 +237,7 @@ class IpcSink:
         import pyarrow.compute as pc  # only a parallel scan needs it
 
         used: set[int] = set()
-        with pa.memory_map(str(self.path)) as source:
+        with pa.OSFile(str(self.path)) as source:  # read, not mapped: a mapped file's pages count as the process's memory
             reader = pa.ipc.open_file(source)
             for i in range(reader.num_record_batches):
                 table = pa.Table.from_batches([reader.get_batch(i)], schema=CALLS_SCHEMA)
