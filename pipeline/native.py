@@ -17,7 +17,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -25,7 +24,7 @@ import pyarrow.parquet as pq
 from pipeline._native import Scanner, plan
 from pipeline.assemble import Counts, Coverage
 from pipeline.records import CALLS_SCHEMA
-from pipeline.stream import BLOCK_SIZE
+from pipeline.stream import BLOCK_SIZE, MAGIC_BYTES, LogReader, sniff
 
 _LISTS = {"attributes", "secrets", "flags", "created"}
 MIN_RANGE_BYTES = 4 << 20  # a thread per 4 MiB at most: below that a range costs more than it saves
@@ -90,44 +89,36 @@ class TableWriter:
 
 @dataclass
 class Scanned:
-    """What one input gave: its size and hash, and the scanner's accounting."""
+    """What one input gave: its size and hash as stored, its text's size (and compression),
+    and the scanner's accounting."""
 
     size: int
     sha256: str
+    text_size: int
+    compression: dict | None
     counts: Counts
     coverage: Coverage
     dialects: set[str]
     processes: int
 
 
-def _scanned(size: int, sha256: str, report: dict) -> Scanned:
-    return Scanned(size, sha256, Counts(**report["counts"]), Coverage(**report["coverage"]), set(report["dialects"]), report["processes"])
+def _accounting(report: dict) -> tuple[Counts, Coverage, set[str], int]:
+    return Counts(**report["counts"]), Coverage(**report["coverage"]), set(report["dialects"]), report["processes"]
 
 
-def scan_stream(
-    source: str, stream: BinaryIO, writer: TableWriter, on_bytes: Callable[[int], None] | None = None
-) -> Scanned:
-    """Scan one log from its stream, reading as `pipeline.stream` does (same blocks); the
-    SHA-256 is taken on a thread of its own (hashlib and the scanner both release the GIL)."""
+def scan_stream(text: LogReader, source: str, writer: TableWriter) -> Scanned:
+    """Scan one log from its (plain or decompressed) text, read as `pipeline.stream` reads it:
+    the same reads, so the same blocks."""
     scanner = Scanner()
-    digest = hashlib.sha256()
-    size = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="native-hash") as hasher:
-        hashed: Future | None = None
-        while chunk := stream.read(BLOCK_SIZE):
-            if hashed is not None:
-                hashed.result()
-            hashed = hasher.submit(digest.update, chunk)
-            size += len(chunk)
-            if on_bytes is not None:
-                on_bytes(len(chunk))
-            for batch in scanner.read(chunk):
-                writer.write(batch_table(source, batch))
-        if hashed is not None:
-            hashed.result()
+    while chunk := text.read(BLOCK_SIZE):
+        for batch in scanner.read(chunk):
+            writer.write(batch_table(source, batch))
     for batch in scanner.finish():
         writer.write(batch_table(source, batch))
-    return _scanned(size, digest.hexdigest(), scanner.report())
+    compression = None
+    if text.compression is not None:
+        compression = {"format": text.compression, "uncompressed_size": text.size, "complete": not text.truncated}
+    return Scanned(text.raw_size, text.digest.hexdigest(), text.size, compression, *_accounting(scanner.report()))
 
 
 def _hash(path: str, on_bytes: Callable[[int], None] | None) -> tuple[int, str]:
@@ -166,7 +157,7 @@ def _scan_range(path: str, part: dict, last: bool, sink: Callable[[dict], None])
 
 
 def scan_file(
-    path: str, writer: TableWriter, workers: int, spill_dir: Path, on_bytes: Callable[[int], None] | None = None
+    path: str, source: str, writer: TableWriter, workers: int, spill_dir: Path, on_bytes: Callable[[int], None] | None = None
 ) -> Scanned | None:
     """Scan one file with ``workers`` threads over byte ranges (None: one range is better).
 
@@ -174,6 +165,9 @@ def scan_file(
     (uncompressed, beside the output) until the first range is done, since only then is it
     known which banner a pid seen in several ranges belongs to: the one a single pass gives it.
     """
+    with open(path, "rb") as fh:
+        if sniff(fh.read(MAGIC_BYTES)) is not None:
+            return None  # a compressed log is read as one stream
     ranges = plan(path, workers, BLOCK_SIZE, MIN_RANGE_BYTES, WARMUP_BYTES)
     if len(ranges) < 2:
         return None
@@ -182,8 +176,8 @@ def scan_file(
     ) as pool:
         hashed = pool.submit(_hash, path, on_bytes)
         parts = [Path(spill) / f"part{k}.arrow" for k in range(len(ranges))]
-        sinks = [IpcSink(p, path) for p in parts[1:]]
-        direct = lambda batch: writer.write(batch_table(path, batch))  # noqa: E731
+        sinks = [IpcSink(p, source) for p in parts[1:]]
+        direct = lambda batch: writer.write(batch_table(source, batch))  # noqa: E731
         futures = [
             pool.submit(_scan_range, path, part, k == len(ranges) - 1, direct if k == 0 else sinks[k - 1].add)
             for k, part in enumerate(ranges)
@@ -201,7 +195,7 @@ def scan_file(
         counts.absorb(Counts(**report["counts"]))
         coverage.absorb(Coverage(**report["coverage"]))
     dialects = set().union(*(r["dialects"] for r in reports))
-    return Scanned(size, sha256, counts, coverage, dialects, max(len(used), counts.banners))
+    return Scanned(size, sha256, size, None, counts, coverage, dialects, max(len(used), counts.banners))
 
 
 def _pid_remaps(reports: list[dict]) -> list[dict[int, int]]:

@@ -30,6 +30,8 @@ from pipeline.stream import LogReader, iter_blocks
 log = logging.getLogger(__name__)
 
 STDIN = "-"
+REFERENCE, NATIVE = "reference", "native"
+ENGINES = (NATIVE, REFERENCE)
 UNREADABLE_SHOWN = 5  # line ranges named in the warning about unreadable call records
 CALLS_FILE = "calls.parquet"
 MANIFEST_FILE = "manifest.json"
@@ -89,10 +91,12 @@ def input_size(path: str) -> int | None:
 
 
 def parse_source(
-    path: str, writer: CallsWriter, on_bytes: Callable[[int], None] | None = None, workers: int = 1
+    path: str, writer: CallsWriter, on_bytes: Callable[[int], None] | None = None, workers: int = 1, engine: str = REFERENCE
 ) -> InputReport:
     """Stream one log through the grammar into the writer's batches (in parallel when it pays)."""
     source = source_label(path)
+    if engine == NATIVE:
+        return _native_source(path, source, writer, on_bytes, workers)
     if workers > 1 and path != STDIN:
         writer.flush()  # rows of earlier inputs go first
         split = parallel.parse_file(path, writer, workers, source)
@@ -115,6 +119,28 @@ def parse_source(
         source, log_text.raw_size, log_text.digest.hexdigest(), assembler.counts, assembler.coverage, assembler.dialects,
         assembler.processes, log_text.size, compression,
     )
+
+
+def _native_source(
+    path: str, source: str, writer: CallsWriter, on_bytes: Callable[[int], None] | None, workers: int
+) -> InputReport:
+    """One log through the native engine (`pipeline.native`), its tables into the writer's file."""
+    from pipeline import native
+
+    writer.flush()  # rows of earlier inputs go first
+    tables = native.TableWriter(writer.parquet)
+    try:
+        s = native.scan_file(path, source, tables, workers, Path(writer.path).parent, on_bytes) if workers > 1 and path != STDIN else None
+        if s is None:
+            with _open_input(path) as stream:
+                s = native.scan_stream(LogReader(stream, path, on_bytes), source, tables)
+    finally:
+        tables.close()
+    writer.written += tables.written
+    if s.compression is not None and not s.compression["complete"]:
+        log.warning("%s: the %s data ends early (a cut or unfinished file); read the %d bytes of log before the cut",
+                    source, s.compression["format"], s.text_size)
+    return _report(source, s.size, s.sha256, s.counts, s.coverage, s.dialects, s.processes, s.text_size, s.compression)
 
 
 def _parallel_report(source: str, layout, results, on_bytes) -> InputReport:
@@ -157,7 +183,7 @@ def _report(
 
 
 def parse_logs(
-    paths: list[str], out_dir: Path, on_bytes: Callable[[int], None] | None = None, workers: int = 1
+    paths: list[str], out_dir: Path, on_bytes: Callable[[int], None] | None = None, workers: int = 1, engine: str = REFERENCE
 ) -> dict:
     """Parse every input into one ``calls.parquet`` (rows tagged by ``source``); return the manifest.
 
@@ -170,7 +196,7 @@ def parse_logs(
     with collection_per_batch(), atomic_path(out_dir / CALLS_FILE) as tmp:
         writer = CallsWriter(tmp)
         try:
-            reports = [parse_source(path, writer, on_bytes, workers) for path in paths]
+            reports = [parse_source(path, writer, on_bytes, workers, engine) for path in paths]
         finally:
             writer.close()
         _check_not_empty(reports)

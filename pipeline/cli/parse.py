@@ -11,7 +11,7 @@ from pipeline.cli.progress import byte_progress
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK
 from pipeline.outputs import replacing
 from pipeline.parallel import MIN_RANGE_BYTES, default_workers
-from pipeline.parse import check_inputs, input_size, parse_logs
+from pipeline.parse import ENGINES, NATIVE, check_inputs, input_size, parse_logs
 
 log = logging.getLogger("p11lens")
 
@@ -37,7 +37,11 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", required=True, type=Path, metavar="OUT", help="output folder (created if missing)")
     p.add_argument(
         "-j", "--workers", type=_positive, default=default_workers(), metavar="N",
-        help=f"worker processes for a large log, one per {MIN_RANGE_BYTES >> 20} MiB at most (default: the CPUs available, %(default)s here)",
+        help=f"workers for a large log: threads of the native engine (one per 4 MiB at most), processes of the reference one (one per {MIN_RANGE_BYTES >> 20} MiB at most); default: the CPUs available, %(default)s here",
+    )
+    p.add_argument(
+        "--engine", choices=ENGINES, default=NATIVE,
+        help="native: the compiled scanner (default); reference: the pyparsing grammar it is tested against (slow)",
     )
     p.add_argument(
         "--strict", action="store_true",
@@ -52,7 +56,7 @@ def parse_with_progress(args: argparse.Namespace, into: Path) -> dict:
     sizes = [input_size(path) for path in args.logs]
     total = None if None in sizes else sum(sizes)
     with byte_progress(total, "parse") as advance:
-        return parse_logs(args.logs, into, advance, args.workers)
+        return parse_logs(args.logs, into, advance, args.workers, args.engine)
 
 
 def _positive(text: str) -> int:

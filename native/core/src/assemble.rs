@@ -340,9 +340,10 @@ impl Assembler {
             if records && matches!(text[p], b'\n' | b' ' | b'\t' | b'\r') {
                 if let Some(parts) = record_at(text, p, &marks) {
                     let end = parts.end;
-                    if parts.clean {
+                    if parts.clean && !self.overlaps_active(parts.pid) {
                         self.record(parts, sink);
                     } else {
+                        // its lines take the line path (a glued unit, or an overlap with an active call)
                         self.tokens(&text[p..end], false, sink);
                     }
                     p = end;
@@ -395,13 +396,9 @@ impl Assembler {
         }
     }
 
-    /// `Assembler._record`: a clean record, fast if it overlaps no active call of its process.
+    /// `Assembler._record`: a clean record that overlaps no active call of its process, whole.
     fn record(&mut self, parts: Parts<'_>, sink: &mut dyn Sink) {
         let line = self.line;
-        if self.overlaps_active(parts.pid) {
-            self.clean_slow(parts, sink);
-            return;
-        }
         self.headers += 1;
         let mut process = self.tracker.header(parts.seq);
         if let Some(pid) = parts.pid {
@@ -445,37 +442,6 @@ impl Assembler {
         self.open
             .iter()
             .filter(move |r| !lapsed && (since_signed < 0 || r.active_at >= since))
-    }
-
-    /// `Assembler._clean_slow`: a clean record that overlaps an active call.
-    fn clean_slow(&mut self, parts: Parts<'_>, sink: &mut dyn Sink) {
-        let line = self.line;
-        let (first, last) = (line + 1, line + parts.nlines);
-        let owned = self.owned_count(first, last);
-        let blank = u64::from(self.owned(first));
-        self.coverage.lines += owned;
-        self.coverage.blank_lines += blank;
-        self.coverage.record_lines += owned - blank;
-        let id = self.open_record(parts.seq, parts.func, line + 2, sink);
-        if let Some(r) = self.find_open(id) {
-            self.open[r].ts = Some(stamp_of(parts.ts));
-        }
-        if let Some(pid) = parts.pid {
-            self.stamp_pid(id, pid, parts.tid, sink);
-        }
-        if let Some(r) = self.find_open(id) {
-            self.touch(r);
-            let rec = &mut self.open[r];
-            if parts.body.len() > 1 {
-                rec.body.push(b'\n');
-                rec.body
-                    .extend_from_slice(&parts.body[1..parts.body.len() - 1]);
-            }
-            rec.rv = Some((parts.rv, parts.rv_name.to_vec()));
-            rec.end_line = last;
-            self.close(r, sink);
-        }
-        self.line = last;
     }
 
     fn find_open(&self, id: u64) -> Option<usize> {
@@ -715,10 +681,12 @@ impl Assembler {
                 continue;
             };
             let record_tid = self.open[r].tid;
+            let record_line = self.open[r].line;
             let taker = self.held.iter().rposition(|h| {
                 h.rv.is_some()
                     && self.open[r].overlaps.iter().any(|o| o.0 == h.id)
                     && h.tid != record_tid
+                    && h.end_line > record_line // a call cannot return before its header
             });
             let Some(t) = taker else {
                 self.close(r, sink);
