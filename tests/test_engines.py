@@ -18,7 +18,7 @@ from pipeline.parse import NATIVE, REFERENCE, parse_logs
 REAL_LOGS = sorted((ROOT / "sample-logs").glob("*.log")) + sorted((ROOT / "tests" / "data").rglob("*.log"))
 MUTATIONS = 3000
 GROUP = 100
-_ACCOUNTS = ("size", "sha256", "dialects", "counts", "processes", "coverage")
+_ACCOUNTS = ("size", "sha256", "dialects", "counts", "processes", "coverage", "compression")
 
 
 def _parse(paths: list[Path], out: Path, engine: str) -> tuple[pl.DataFrame, dict]:
@@ -43,6 +43,22 @@ def test_engines_agree_on_every_real_log(tmp_path):
 @functools.cache
 def _cases() -> list[bytes]:
     return cases(MUTATIONS, seed=16)
+
+
+def test_engines_agree_on_compressed_logs(tmp_path):
+    """Read through the same decompressing reader, in the same reads: the same blocks."""
+    import bz2
+    import gzip
+    import lzma
+
+    logs = []
+    for source, (suffix, compress) in zip(REAL_LOGS[:3], [(".gz", gzip.compress), (".xz", lzma.compress), (".bz2", bz2.compress)]):
+        path = tmp_path / (source.name + suffix)
+        path.write_bytes(compress(source.read_bytes()))
+        logs.append(path)
+    cut = tmp_path / "cut.log.gz"
+    cut.write_bytes(logs[0].read_bytes()[: logs[0].stat().st_size // 2])  # a file still being compressed
+    _assert_same([*logs, cut], tmp_path)
 
 
 def _refused(path: Path, out: Path, engine: str) -> str | None:
