@@ -12,6 +12,7 @@ Every scanning call releases the GIL, so reading, hashing, scanning and the Parq
 from __future__ import annotations
 
 import hashlib
+import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -168,7 +169,7 @@ def scan_file(
     with open(path, "rb") as fh:
         if sniff(fh.read(MAGIC_BYTES)) is not None:
             return None  # a compressed log is read as one stream
-    ranges = plan(path, workers, BLOCK_SIZE, MIN_RANGE_BYTES, WARMUP_BYTES)
+    ranges = plan(os.fsencode(path), workers, BLOCK_SIZE, MIN_RANGE_BYTES, WARMUP_BYTES)
     if len(ranges) < 2:
         return None
     with tempfile.TemporaryDirectory(dir=spill_dir, prefix=".native-") as spill, ThreadPoolExecutor(

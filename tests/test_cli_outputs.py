@@ -124,7 +124,8 @@ def test_parse_j2_killed_mid_parse_leaves_the_old_set_and_the_next_run_cleans_up
     out = tmp_path / "out"
     run_ok("run", str(KEYGEN), "-o", str(out))
     before = digests(out)
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-q", "parse", str(big_log), "-j", "2", "-o", str(out)])
+    # the reference engine's worker processes (the native engine's threads die with their process)
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "-q", "parse", "--engine", "reference", str(big_log), "-j", "2", "-o", str(out)])
     deadline = time.time() + 120
     parts: list[Path] = []
     while time.time() < deadline and not parts and proc.poll() is None:

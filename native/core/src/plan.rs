@@ -190,7 +190,7 @@ fn replay(tracker: &mut Tracker, events: &Events) {
 /// Cut a file into at most `workers` ranges of `min_range` bytes or more; one range when
 /// that is all it takes. The pre-pass runs on `workers` threads.
 pub fn plan(
-    path: &str,
+    path: &std::path::Path,
     workers: usize,
     block_size: u64,
     min_range: u64,

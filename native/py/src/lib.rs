@@ -295,20 +295,23 @@ fn start_dict<'py>(py: Python<'py>, s: &Start) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
-/// Cut a file into ranges for `workers` threads (one range: not worth it); each a dict of
+/// Cut a file (its path as bytes, `os.fsencode`) into ranges for `workers` threads (one
+/// range: not worth it); each a dict of
 /// `warm_from`, `start`, `read_to`, `end` (byte offsets) and `state` (a `Scanner`'s start).
 #[pyfunction]
 fn plan<'py>(
     py: Python<'py>,
-    path: &str,
+    path: &[u8],
     workers: usize,
     block_size: u64,
     min_range: u64,
     warmup: u64,
 ) -> PyResult<Bound<'py, PyList>> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path));
     let ranges = py
         .detach(|| p11lens_core::plan::plan(path, workers, block_size, min_range, warmup))
-        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("{path}: {e}")))?;
+        .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("{}: {e}", path.display())))?;
     let out = PyList::empty(py);
     for r in &ranges {
         let d = PyDict::new(py);
