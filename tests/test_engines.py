@@ -10,6 +10,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from engine_mutations import ROOT, cases
+from shapes import SHAPES, Trace, make, zstd_available
 from polars.testing import assert_frame_equal
 
 from pipeline.errors import InputError
@@ -59,6 +60,26 @@ def test_engines_agree_on_compressed_logs(tmp_path):
     cut = tmp_path / "cut.log.gz"
     cut.write_bytes(logs[0].read_bytes()[: logs[0].stat().st_size // 2])  # a file still being compressed
     _assert_same([*logs, cut], tmp_path)
+
+
+SHAPE_LOGS = sorted((ROOT / "sample-logs").glob("*.log")) + [
+    ROOT / "tests" / "data" / "spy-examples" / name
+    for name in ("06-multithread_0.27.1.log", "07-multiprocess-append_0.23.0-debian.log", "13-coverage_0.20.0.log")
+]
+
+
+@pytest.mark.parametrize("shape", sorted(SHAPES))
+def test_engines_agree_on_user_shaped_copies(tmp_path, shape):
+    """Issue 9's corpus: every user shape (`tests/shapes.py`) of the sample logs and three examples."""
+    if SHAPES[shape].compression == "zst" and not zstd_available():
+        pytest.skip("no zstd")
+    paths = []
+    for log in SHAPE_LOGS:
+        shaped = make(shape, Trace.load(log), seed=16)
+        path = tmp_path / (log.stem + shaped.suffix)
+        path.write_bytes(shaped.data)
+        paths.append(path)
+    _assert_same(paths, tmp_path)
 
 
 def _refused(path: Path, out: Path, engine: str) -> str | None:
