@@ -13,8 +13,9 @@
 #   4. buildah bud --isolation chroot -f docker/Dockerfile -t p11lens .
 #   5. run the image's own ENTRYPOINT + CMD (the `demo`: drive smoke + p11lens run) in a
 #      container, with host folders mounted on /tokens, /traces and /reports
-#   6. check that the trace and the report files exist and name the smoke workload's calls
-#   7. print the image size
+#   6. check that the trace and the report files exist and name the smoke workload's calls, and
+#      that the image ships no toolchain (cargo, rustc, gcc, pip) but the native engine
+#   7. print the image size and check it against the budget (400 MB)
 # Any failure stops the script with "check.sh: FAIL: <what>" and a non-zero exit.
 #
 # Knobs (environment):
@@ -24,6 +25,7 @@
 #   P11LENS_CHECK_OUT=DIR                   host folder for tokens/, traces/, reports/
 #                                           (default: a fresh temp dir, kept for inspection)
 #   P11LENS_REBUILD_BASE=1                  drop the cached base and debootstrap it again
+#   P11LENS_MAX_IMAGE_MB=400                fail when the image is larger (MB as buildah counts: 10^6 bytes)
 #   STORAGE_DRIVER=vfs                      containers/storage driver, if overlay is unavailable
 #
 # Disk: the build cache (buildah --layers) keeps earlier builds' layers; `buildah rmi --prune`
@@ -91,6 +93,8 @@ if [ -n "$cert" ]; then
     [ -r "$cert" ] || fail "pip's cert setting names $cert, which is not readable"
     build_vols+=(-v "$(readlink -f "$cert"):/run/p11lens-build/pip-cert.pem:ro")
     build_args+=(--build-arg "PIP_CERT=/run/p11lens-build/pip-cert.pem")
+    # cargo (the wheel stage fetches the crates from crates.io) trusts the same bundle
+    build_args+=(--build-arg "CARGO_HTTP_CAINFO=/run/p11lens-build/pip-cert.pem")
 fi
 info "index-url: ${index_url:-PyPI (the pip default)}"
 info "extra-index-url: ${extra_urls:-none usable in a container}"
@@ -201,15 +205,18 @@ fi
 
 # --- 4. build -------------------------------------------------------------------------------------
 # --layers keeps each step's result, so a rebuild after a code change redoes only what changed.
+# --jobs 2: the wheel stage (Rust build) and the builder's dependency download run side by side.
 step "4/7 buildah bud --isolation chroot -f docker/Dockerfile -t $IMAGE ."
 build_log=$(mktemp /tmp/p11lens-build.XXXXXX.log)
-if ! buildah bud --isolation chroot --layers --pull-never \
+build_start=$(date +%s)
+if ! buildah bud --isolation chroot --layers --pull-never --jobs 2 \
         -f docker/Dockerfile --ignorefile docker/Dockerfile.dockerignore \
         "${build_args[@]}" "${build_vols[@]}" -t "$IMAGE" . > "$build_log" 2>&1; then
     tail -n 40 "$build_log" >&2
     fail "image build failed (full log: $build_log)"
 fi
 tail -n 3 "$build_log" | sed 's/^/    /'
+info "built in $(( $(date +%s) - build_start ))s"
 rm -f "$build_log"
 
 # --- 5. run the default command -------------------------------------------------------------------
@@ -246,6 +253,11 @@ root_mnt=$(buildah mount "$ctr")
 upper=$(dirname "$root_mnt")/diff
 
 run p11lens --version | sed 's/^/    /' || fail "p11lens is not on the image's PATH"
+# The image ships no toolchain: the wheel was built in a stage of its own.
+tools=$(run sh -c 'for t in cargo rustc rustup maturin gcc cc ld pip pip3; do command -v "$t"; done; ls -d /root/.cargo /root/.rustup /usr/lib/rustlib 2>/dev/null; true' 2>/dev/null || true)
+[ -z "$tools" ] || fail "the image ships build tools: $(echo $tools)"
+run python3 -c 'import pipeline._native as n; print("    native engine:", n.__file__)' || fail "the image has no native engine"
+info "no cargo, rustc, rustup, maturin, gcc, ld or pip in the image"
 run_log=$out/run.log
 if ! run "${default_cmd[@]}" > "$run_log" 2>&1; then
     tail -n 30 "$run_log" >&2
@@ -305,4 +317,10 @@ size=$(buildah images --format '{{.Size}}' "$IMAGE" | head -n1)
 bytes=$(podman image inspect --format '{{.Size}}' "$IMAGE" 2>/dev/null || echo '?')
 base_size=$(buildah images --format '{{.Size}}' "$BASE" | head -n1)
 info "$IMAGE: $size ($bytes bytes); base $BASE: $base_size"
+budget=${P11LENS_MAX_IMAGE_MB:-400}
+case $bytes in
+    ''|*[!0-9]*) info "size budget ${budget} MB: not checked (no byte count)" ;;
+    *) [ "$bytes" -le $(( budget * 1000 * 1000 )) ] || fail "the image is $size, over the ${budget} MB budget (P11LENS_MAX_IMAGE_MB)"
+       info "within the ${budget} MB budget" ;;
+esac
 printf '\ncheck.sh: PASS: image %s built, default command wrote the smoke reports to %s/reports\n' "$IMAGE" "$out"
