@@ -35,6 +35,7 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
+from pipeline.engines import MIN_RANGE_BYTES, default_workers
 from pipeline.assemble import Assembler, Counts, Coverage, Start
 from pipeline.processes import ProcessTracker
 from pipeline.store import CallsWriter, collection_per_batch
@@ -43,7 +44,6 @@ from pipeline.records import CALLS_SCHEMA
 
 log = logging.getLogger(__name__)
 
-MIN_RANGE_BYTES = 64 << 20  # below this a worker costs more than it saves on 2 cores (two workers: 0.86-0.96x one on 30 MB, 0.9x on 100 MB, 1.08x on 300 MB)
 WARMUP_BYTES = 256 << 10
 SPILL_LIMIT_LINES = 20_000  # give up on a record still open this far past the range (a truncated one)
 _PR_SET_PDEATHSIG = 1  # prctl(2)
@@ -51,10 +51,6 @@ _BOUNDARY = re.compile(rb"\n[ \t\r]*\n\d+: ")
 # The lines that change the process state: a header (the counter) or a banner, as whole lines
 # (with the grammar's trailing blanks, `spy.WS`).
 _EVENT = re.compile(rb"\n(?:(\d+): \S+|\*{15} OpenSC PKCS#11 spy \*{17})[ \t\r]*(?=\n|\Z)")
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 @dataclass

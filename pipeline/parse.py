@@ -22,6 +22,7 @@ from typing import BinaryIO
 from pipeline import __version__
 from pipeline import parallel
 from pipeline.assemble import Assembler, Counts, Coverage
+from pipeline.engines import NATIVE, REFERENCE
 from pipeline.errors import InputError
 from pipeline.store import CallsWriter, atomic_path, collection_per_batch, ensure_dir, write_json
 from grammars import spy
@@ -30,8 +31,6 @@ from pipeline.stream import LogReader, iter_blocks
 log = logging.getLogger(__name__)
 
 STDIN = "-"
-REFERENCE, NATIVE = "reference", "native"
-ENGINES = (NATIVE, REFERENCE)
 UNREADABLE_SHOWN = 5  # line ranges named in the warning about unreadable call records
 CALLS_FILE = "calls.parquet"
 MANIFEST_FILE = "manifest.json"

@@ -27,13 +27,13 @@ from reports.model import (
     read_stage,
 )
 from reports.thresholds import (
+    MIN_SAMPLES,
     COUNT_METRICS,
     LATENCY_METRICS,
     Threshold,
     severity_at_least,
 )
 
-MIN_SAMPLES = 5  # a latency percentile on fewer timed calls is noise: not held to a threshold (said loudly when it moved)
 MAX_ROWS = 40
 
 

@@ -28,9 +28,9 @@ import jinja2
 from pipeline import __version__
 from pipeline.errors import OutputError, P11lensError
 from pipeline.store import atomic_path
+from reports.formats import FORMATS
 from reports.model import SEVERITIES, Report, Table, load_report
 
-FORMATS = {"html": "html", "md": "md", "txt": "txt"}
 EXTENSIONS = {"html": ".html", "md": ".md", "txt": ".txt"}
 TEMPLATES = Path(__file__).parent / "templates"
 DASH = "–"

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 from pipeline.errors import P11lensError
 
+MIN_SAMPLES = 5  # a latency percentile on fewer timed calls is noise: not held to a threshold (said loudly when it moved)
+
 LATENCY_METRICS = ("p50", "p90", "p95", "p99", "max", "mean")
 COUNT_METRICS = ("errors", "leaked")
 RATE_METRICS = ("error_rate",)

@@ -19,7 +19,7 @@ import pytest
 from spylogs import DATA, header_counts, p11lens
 
 from pipeline.outputs import STAGING_PREFIX
-from pipeline.parallel import MIN_RANGE_BYTES
+from pipeline.engines import MIN_RANGE_BYTES
 from pipeline.store import remove_stale_temps
 
 SAMPLES = Path(__file__).parent.parent / "sample-logs"

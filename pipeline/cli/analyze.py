@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.analyze import analyze
 from pipeline.cli import write_stdout
-from pipeline.outputs import replacing
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +29,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.analyze import analyze
+    from pipeline.outputs import replacing  # here, not at the top: `p11lens --help` loads no data library
+
     with replacing(args.out, create=False) as stage:  # stages and manifest swap in together; older reports go
         manifest = analyze(args.out, bucket=args.bucket, into=stage)
     stages = manifest["stages"]

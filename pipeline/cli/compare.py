@@ -9,10 +9,8 @@ from pathlib import Path
 
 from pipeline.cli.report import output_format
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK
-from pipeline.outputs import recover
-from reports.compare import MIN_SAMPLES, compare_runs
-from reports.render import FORMATS, render_comparison, write_text
-from reports.thresholds import parse_fail_on_list
+from reports.formats import FORMATS
+from reports.thresholds import MIN_SAMPLES, parse_fail_on_list
 
 log = logging.getLogger("p11lens.compare")
 
@@ -43,6 +41,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.outputs import recover
+    from reports.compare import compare_runs
+    from reports.render import render_comparison, write_text  # here, not at the top: `p11lens --help` loads no data library
+
     thresholds = parse_fail_on_list(args.fail_on)  # bad specs fail before any work
     for out in (args.base, args.cand):
         if out.is_dir():

@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from pipeline.cli import write_stdout
-from pipeline.driver import WORKLOADS, DriveOptions, drive, truth_path
+from pipeline.driver.plans import WORKLOADS
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK
 
 log = logging.getLogger("p11lens")
@@ -49,6 +49,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.driver import DriveOptions, drive, truth_path  # here, not at the top: `p11lens --help` loads no data library
+
     opts = DriveOptions(workload=args.workload, trace=args.output, ops=args.ops, seed=args.seed, threads=args.threads,
                         processes=args.processes, module=args.module, spy=args.spy, lab=args.lab,
                         append=args.append, token_init=args.token_init)

@@ -7,11 +7,8 @@ import logging
 from pathlib import Path
 
 from pipeline.cli import write_stdout
-from pipeline.cli.progress import byte_progress
+from pipeline.engines import ENGINES, MIN_RANGE_BYTES, NATIVE, default_workers
 from pipeline.errors import EXIT_FINDINGS, EXIT_OK
-from pipeline.outputs import replacing
-from pipeline.parallel import MIN_RANGE_BYTES, default_workers
-from pipeline.parse import ENGINES, NATIVE, check_inputs, input_size, parse_logs
 
 log = logging.getLogger("p11lens")
 
@@ -52,6 +49,9 @@ def add_input_options(p: argparse.ArgumentParser) -> None:
 
 def parse_with_progress(args: argparse.Namespace, into: Path) -> dict:
     """Parse ``args.logs`` into the folder ``into`` (the staging folder of ``args.output``)."""
+    from pipeline.cli.progress import byte_progress
+    from pipeline.parse import check_inputs, input_size, parse_logs  # here, not at the top: `p11lens --help` loads no data library
+
     check_inputs(args.logs)
     sizes = [input_size(path) for path in args.logs]
     total = None if None in sizes else sum(sizes)
@@ -66,6 +66,9 @@ def _positive(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.outputs import replacing
+    from pipeline.parse import check_inputs  # here, not at the top: `p11lens --help` loads no data library
+
     check_inputs(args.logs)  # a bad input fails in one line, before anything is created
     with replacing(args.output) as stage:
         manifest = parse_with_progress(args, stage)

@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 
 from pipeline.cli import write_stdout
-from pipeline.outputs import recover, replacing
-from reports.model import load_report
-from reports.render import FORMATS, default_path, render, write_text
+from reports.formats import FORMATS
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +35,10 @@ def output_format(fmt: str | None, output: str | None) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.outputs import recover, replacing
+    from reports.model import load_report
+    from reports.render import default_path, render, write_text  # here, not at the top: `p11lens --help` loads no data library
+
     fmt = output_format(args.format, args.output)
     if args.output is None:  # OUT/report.<format> joins OUT's set like any of its outputs
         with replacing(args.out, keep_derived=True, create=False) as stage:

@@ -8,9 +8,7 @@ import time
 
 from pipeline.cli import write_stdout
 from pipeline.cli.parse import add_input_options, parse_with_progress, strict_verdict, summary_line
-from pipeline.outputs import replacing, report_of
-from pipeline.parse import check_inputs
-from reports.render import FORMATS, write_reports
+from reports.formats import FORMATS
 
 log = logging.getLogger("p11lens.run")
 
@@ -44,13 +42,16 @@ def formats(text: str) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.analyze import analyze
+    from pipeline.outputs import replacing, report_of
+    from pipeline.parse import check_inputs
+    from reports.render import write_reports  # here, not at the top: `p11lens --help` loads no data library
+
     wanted = formats(args.formats)
     check_inputs(args.logs)  # a bad input fails in one line, before any progress output
     if not args.quiet and log.getEffectiveLevel() > logging.INFO:
         log.setLevel(logging.INFO)  # progress is the point of `run`; -q turns it off
     started = time.perf_counter()
-    from pipeline.analyze import analyze  # the stages; imported here so `p11lens --help` stays light
-
     with replacing(args.output) as stage:  # calls, stages and reports replace the previous run's as one set
         log.info("parsing %d log(s) ...", len(args.logs))
         manifest = parse_with_progress(args, stage)

@@ -5,7 +5,16 @@
 (`truth`).  See docs/driver.md.
 """
 
-from pipeline.driver.harness import DriveOptions, drive, truth_path
 from pipeline.driver.plans import WORKLOADS, make_plans
 
 __all__ = ["WORKLOADS", "DriveOptions", "drive", "make_plans", "truth_path"]
+_HARNESS = ("DriveOptions", "drive", "truth_path")
+
+
+def __getattr__(name: str):
+    """The harness (it loads python-pkcs11) only when a workload is driven, not for ``--help``."""
+    if name in _HARNESS:
+        from pipeline.driver import harness
+
+        return getattr(harness, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

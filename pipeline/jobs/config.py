@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pipeline.errors import P11lensError
-from reports.render import FORMATS
+from reports.formats import FORMATS
 from reports.thresholds import Threshold, parse_fail_on_list
 
 
