@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from pipeline.records import mechanism_name, user_type_name
+from grammars.names import mechanism_name, user_type_name
 
 # ASCII classes spelled out: Rust's \s, \S, \w and \d are Unicode-aware (0xA0 is a space there).
 _NOT_SPACE = r"[^ \t\n\r\f\x0B]"

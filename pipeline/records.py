@@ -7,9 +7,7 @@ leaves the process; `CALLS_SCHEMA` is how the calls look in ``calls.parquet``.  
 the record table of ``design.md``; the extra columns (``end_line``, ``uncertain``,
 ``secrets``, ``flags``) are additions the design allows ("add columns freely, rename none").
 
-Numbers and names: the spy prints names, and we keep what it printed (stripped of its
-padding).  Where it printed a bare number instead (unknown mechanism or user type, e.g.
-``0x00000252``), python-pkcs11's enums give the name, so there is no hand-written table.
+The schema needs only pyarrow: the native engine's parse loads nothing else of Python's.
 """
 
 from __future__ import annotations
@@ -17,8 +15,6 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import pyarrow as pa
-from pkcs11.constants import UserType
-from pkcs11.mechanisms import Mechanism
 
 
 class RawCall(NamedTuple):
@@ -98,28 +94,3 @@ def unsigned(value: int | None, column: str, problems: list[str]) -> int | None:
         return value + (1 << 64)
     problems.append(f"out-of-range:{column}")
     return None
-
-
-def mechanism_name(text: str) -> str:
-    """The mechanism as the spy named it; a bare ``0x...`` number gets python-pkcs11's name."""
-    if text.startswith("0x"):
-        return _enum_name(Mechanism, "CKM_", text[2:], text)
-    if text.startswith("Unknown Mechanism ("):  # 0.22 C_GetMechanismInfo: "Unknown Mechanism (80001234)"
-        return _enum_name(Mechanism, "CKM_", text[19:-1], "0x" + text[19:-1].upper())
-    return text
-
-
-def user_type_name(text: str) -> str:
-    """The user type as printed; ``0x00000063``-style numbers (0.23+) get python-pkcs11's name."""
-    if text.startswith("0x"):
-        return _enum_name(UserType, "CKU_", text[2:], text)
-    return text
-
-
-def _enum_name(enum: type, prefix: str, digits: str, fallback: str) -> str:
-    """The enum's name of hex ``digits``; ``fallback`` for an unknown value, or for digits a
-    truncated log cut short (``0x``)."""
-    try:
-        return prefix + enum(int(digits, 16)).name
-    except ValueError:
-        return fallback
