@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs with apt-get, only when missing, the real parts the driver and the tests use:
 # SoftHSM2 and OpenSC's pkcs11-spy (required), and headless Chromium (for the HTML report
-# tests only), so a fresh Debian machine needs nothing by hand.
+# tests only) and zstd (for the tests' .zst logs), so a fresh Debian machine needs nothing by hand.
 set -euo pipefail
 
 have() { for p in "$@"; do [ -e "$p" ] && return 0; done; return 1; }
@@ -10,6 +10,7 @@ have /usr/lib/softhsm/libsofthsm2.so /usr/lib/*/softhsm/libsofthsm2.so || need+=
 have /usr/lib/*/pkcs11-spy.so /usr/lib/*/pkcs11/pkcs11-spy.so || need+=(opensc-pkcs11 opensc)
 optional=()
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || optional+=(chromium fonts-dejavu-core)
+command -v zstd >/dev/null 2>&1 || optional+=(zstd)  # the tests' .zst copies of real logs (else those cases skip)
 
 if [ ${#need[@]} -eq 0 ] && [ ${#optional[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
